@@ -1,0 +1,91 @@
+"""Recipe parsing: a YAML file plus `--key value` overrides into the stage's dataclasses.
+
+Every script calls :func:`parse_recipe` exactly as alignment-handbook and open-r1 scripts call
+`TrlParser`: `python scripts/run_X.py recipes/X.yaml [--key value ...]`. On top of `trl.TrlParser`
+it adds what a user needs before any expensive work starts: a missing file, a YAML that is not a
+mapping, or an unknown key each give one clear line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A problem with the user's recipe, data or paths, reported as one line before heavy work."""
+
+
+def _field_names(dataclass_types: Sequence[type]) -> set[str]:
+    names: set[str] = set()
+    for dataclass_type in dataclass_types:
+        names.update(f.name for f in dataclasses.fields(dataclass_type) if f.init)
+    return names
+
+
+def load_recipe_file(path: str | Path, dataclass_types: Sequence[type]) -> dict[str, Any]:
+    """Read a recipe YAML and check that every key belongs to one of `dataclass_types`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise RecipeError(f"{path}: expected a YAML mapping of `key: value`, got {type(config).__name__}")
+    known = _field_names(dataclass_types) | {"env"}
+    for key in config:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            owners = ", ".join(t.__name__ for t in dataclass_types)
+            raise RecipeError(f"{path}: unknown key '{key}'{hint}; valid keys are the fields of {owners}")
+    return config
+
+
+def parse_recipe(dataclass_types: Sequence[type], args: Iterable[str] | None = None) -> tuple:
+    """Parse `RECIPE.yaml [--key value ...]` (or `--config RECIPE.yaml ...`) into dataclass instances.
+
+    Command-line values override the recipe's. Returns one instance per type, in order.
+    """
+    from trl import TrlParser
+
+    args = list(sys.argv[1:] if args is None else args)
+    recipe: str | None = None
+    if args and args[0].endswith((".yaml", ".yml")) and not args[0].startswith("-"):
+        recipe = args.pop(0)
+    elif "--config" in args:
+        index = args.index("--config")
+        if index + 1 >= len(args):
+            raise RecipeError("--config needs a path to a recipe YAML")
+        recipe = args[index + 1]
+        del args[index : index + 2]
+    if recipe is not None:
+        load_recipe_file(recipe, dataclass_types)  # clear errors first
+        args = ["--config", recipe, *args]
+    parser = TrlParser(dataclass_types=list(dataclass_types))
+    try:
+        return tuple(parser.parse_args_and_config(args))
+    except ValueError as err:
+        message = str(err).splitlines()[0] if str(err) else repr(err)
+        raise RecipeError(f"{recipe or 'command line'}: {message}") from None
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a RecipeError into `error: ...` on stderr and exit status 2, with no traceback."""
+    try:
+        yield
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
