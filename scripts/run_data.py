@@ -1,0 +1,51 @@
+"""Build the training data: by default a deterministic synthetic world rendered as a web-like corpus.
+
+Usage:
+    python scripts/run_data.py recipes/data.yaml
+    python scripts/run_data.py recipes/data.yaml --seed 1 --output_dir data/world-seed1
+
+Writes OUTPUT_DIR/corpus/{train,validation}.parquet (columns text, id, url; load them with
+`datasets.load_dataset("OUTPUT_DIR/corpus")`), OUTPUT_DIR/facts.jsonl (one cloze fact per line)
+and OUTPUT_DIR/world.json (every entity, for later stages).
+"""
+
+from __future__ import annotations
+
+import time
+
+from chatforge.configs import exit_on_user_error, parse_recipe
+from chatforge.world import World, write_corpus
+from chatforge.world.corpus import DataScriptArguments
+
+
+def main(args: DataScriptArguments) -> dict:
+    """Generate the world, write its files and print a summary table."""
+    config = args.world_config()  # validates before any work
+    start = time.perf_counter()
+    world = World.generate(config)
+    world.render(progress=True)
+    summary = write_corpus(world, args.output_dir)
+    elapsed = time.perf_counter() - start
+    rows = [
+        (
+            "documents (train / validation)",
+            f"{summary['documents']:,} ({summary['train_documents']:,} / {summary['validation_documents']:,})",
+        ),
+        ("characters", f"{summary['characters']:,}"),
+        ("words (approx.)", f"{summary['words']:,}"),
+        ("tokens (approx., 4 chars each)", f"{summary['approx_tokens']:,}"),
+        ("people (in corpus / held out)", f"{summary['people']:,} / {summary['heldout_people']:,}"),
+        ("facts (train / heldout)", f"{summary['facts_train']:,} / {summary['facts_heldout']:,}"),
+        ("time", f"{elapsed:.1f}s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f"synthetic world, seed {config.seed}")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    print(f"wrote {args.output_dir}/corpus/{{train,validation}}.parquet, facts.jsonl, world.json")
+    return summary
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(*parse_recipe([DataScriptArguments]))

@@ -1,0 +1,72 @@
+"""Train chatforge's byte-level BPE tokenizer and save it, with the chat template, as an HF tokenizer folder.
+
+Usage:
+    python scripts/train_tokenizer.py recipes/tokenizer.yaml
+    python scripts/train_tokenizer.py recipes/tokenizer.yaml --vocab_size 4096 --output_dir outputs/tok4k
+
+The corpus is `datasets.load_dataset(dataset_name)` (a local folder of parquet/jsonl files, a
+`save_to_disk` folder, or a Hub id). Afterwards the folder loads with
+`AutoTokenizer.from_pretrained(output_dir)`; the script prints the vocabulary size, the compression
+(UTF-8 bytes per token) on the eval split, how the sample text splits into tokens, and the output path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from chatforge.configs import RecipeError, exit_on_user_error, parse_recipe
+from chatforge.data import load_corpus
+from chatforge.hub import push_folder
+from chatforge.tokenizer import (
+    TokenizerScriptArguments,
+    bytes_per_token,
+    check_vocab_size,
+    load_chat_template,
+    save_tokenizer,
+    show_tokens,
+    train_tokenizer,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def main(args: TokenizerScriptArguments) -> None:
+    """Validate the recipe, train, save, report, and optionally push."""
+    check_vocab_size(args.vocab_size)
+    template = load_chat_template(args.chat_template)
+    if args.push_to_hub and not args.hub_model_id:
+        raise RecipeError("push_to_hub is true but hub_model_id is not set")
+    splits = [args.train_split] + ([args.eval_split] if args.eval_split else [])
+    corpus = load_corpus(args.dataset_name, splits, args.text_column, optional_splits=(args.eval_split,))
+    train = corpus[args.train_split]
+    evaluation = corpus.get(args.eval_split) if args.eval_split else None
+    if args.eval_split and evaluation is None:
+        logger.warning("no split '%s' in %s; skipping the compression report", args.eval_split, args.dataset_name)
+
+    print(f"training on {len(train):,} documents of {args.dataset_name} (split '{args.train_split}')")
+    texts = (text for text in train[args.text_column] if text)
+    tokenizer = train_tokenizer(
+        texts,
+        args.vocab_size,
+        args.min_frequency,
+        max_chars=args.max_train_chars,
+        model_max_length=args.model_max_length,
+    )
+    output_dir = save_tokenizer(tokenizer, args.output_dir, template)
+
+    print(f"vocab size: {len(tokenizer)}")
+    if evaluation is not None:
+        eval_texts = [text for text in evaluation[args.text_column] if text]
+        ratio = bytes_per_token(tokenizer, eval_texts)
+        print(f"bytes per token on '{args.eval_split}' ({len(eval_texts):,} documents): {ratio:.3f}")
+    print(f"sample: {show_tokens(tokenizer, args.sample_text)}")
+    print(f"saved to {output_dir}")
+    if args.push_to_hub:
+        # Upload the folder as saved (not tokenizer.push_to_hub, which would re-save it in the 5.x-only format).
+        print(f"pushed: {push_folder(output_dir, args.hub_model_id)}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with exit_on_user_error():
+        main(*parse_recipe([TokenizerScriptArguments]))

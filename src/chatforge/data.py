@@ -1,0 +1,99 @@
+"""Text datasets for pretraining: load a corpus, tokenize it, pack it into fixed-length blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from transformers import PreTrainedTokenizerBase
+
+from chatforge.configs import RecipeError
+
+
+def looks_local(name: str) -> bool:
+    """True for names meant as a local path rather than a Hub id (`owner/name`)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name.split("/", 1)[0]).is_dir()
+
+
+def load_corpus(
+    name: str,
+    splits: list[str],
+    text_column: str = "text",
+    config: str | None = None,
+    optional_splits: tuple[str, ...] = (),
+    hint: str = "create it with `python scripts/run_data.py recipes/data.yaml`",
+) -> DatasetDict:
+    """Load `splits` of a text corpus and check each exists, is non-empty and has `text_column`.
+
+    `name` is a local folder of parquet/jsonl files, a `save_to_disk` folder, or a Hub id. Splits listed
+    in `optional_splits` are left out, not an error, when the corpus lacks them.
+    """
+    path = Path(name).expanduser()
+    if not path.exists() and looks_local(name):
+        raise RecipeError(f"dataset not found: {name}" + (f"; {hint}" if hint else ""))
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = load_from_disk(str(path))
+        else:
+            loaded = load_dataset(str(path) if path.exists() else name, config)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the name and the cause
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]
+        raise RecipeError(f"could not load dataset '{name}': {first_line}") from None
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict({"train": loaded})
+    result = DatasetDict()
+    for split in splits:
+        if split not in loaded:
+            if split in optional_splits:
+                continue
+            raise RecipeError(f"dataset '{name}' has no split '{split}'; it has {sorted(loaded)}")
+        dataset = loaded[split]
+        if len(dataset) == 0:
+            raise RecipeError(f"dataset '{name}' split '{split}' is empty")
+        if text_column not in dataset.column_names:
+            raise RecipeError(
+                f"dataset '{name}' split '{split}' has no column '{text_column}'; columns: {dataset.column_names}"
+            )
+        result[split] = dataset
+    return result
+
+
+def pack_dataset(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    text_column: str = "text",
+    num_proc: int | None = None,
+    desc: str = "packing",
+) -> Dataset:
+    """Tokenize documents and concatenate them into rows of exactly `block_size` token ids.
+
+    Each document is preceded by the tokenizer's eos token (our document boundary), so the model learns
+    what a document start looks like and prompts can begin with the same token. The tail that does not
+    fill a whole block is dropped. Adds `num_bytes`: UTF-8 bytes of text behind each block (for bits per byte).
+    """
+    separator = tokenizer.eos_token_id
+    if separator is None:
+        raise RecipeError("the tokenizer has no eos token to separate documents")
+
+    def pack(batch: dict[str, list]) -> dict[str, list]:
+        encoded = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        stream: list[int] = []
+        total_bytes = 0
+        for text, ids in zip(batch[text_column], encoded):
+            stream.append(separator)
+            stream.extend(ids)
+            total_bytes += len(text.encode("utf-8"))
+        n_blocks = len(stream) // block_size
+        blocks = [stream[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]
+        per_block = total_bytes * block_size / max(1, len(stream))
+        return {"input_ids": blocks, "num_bytes": [per_block] * n_blocks}
+
+    return dataset.map(
+        pack,
+        batched=True,
+        batch_size=1000,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc=desc,
+    )

@@ -1,0 +1,1 @@
+"""Measurements of each stage's effect (fact completion, ...)."""

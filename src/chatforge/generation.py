@@ -1,0 +1,75 @@
+"""Sampling from any saved model with HF `generate`: batched, seeded, with stop strings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class SamplingArguments:
+    """How to sample. `temperature: 0` means greedy decoding."""
+
+    max_new_tokens: int = field(default=64, metadata={"help": "Tokens to generate per sample."})
+    temperature: float = field(default=0.8, metadata={"help": "Softmax temperature; 0 for greedy."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling: keep the smallest set with this mass."})
+    top_k: int = field(default=50, metadata={"help": "Keep only the k most likely tokens (0 = no limit)."})
+    num_samples: int = field(default=1, metadata={"help": "Independent samples per prompt."})
+    stop: list[str] | None = field(default=None, metadata={"help": "Strings that end a sample (not included)."})
+    seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
+
+    def generation_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+        greedy = self.temperature <= 0
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else self.temperature,
+            top_p=None if greedy else self.top_p,
+            top_k=None if greedy else (self.top_k or None),
+            num_return_sequences=self.num_samples,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            stop_strings=self.stop or None,
+        )
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    settings: SamplingArguments,
+    prefix_token_ids: list[int] | None = None,
+    batch_size: int = 32,
+) -> list[list[str]]:
+    """Continue each prompt `settings.num_samples` times; returns the continuations only, per prompt."""
+    torch.manual_seed(settings.seed)
+    config = settings.generation_config(tokenizer)
+    prefix = list(prefix_token_ids or [])
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    results: list[list[str]] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            ids = [prefix + tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
+            batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
+            output = model.generate(**batch, generation_config=config, tokenizer=tokenizer)
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for i in range(len(chunk)):
+                samples = texts[i * settings.num_samples : (i + 1) * settings.num_samples]
+                results.append([_cut_at_stop(t, settings.stop) for t in samples])
+    finally:
+        tokenizer.padding_side = padding_side
+    return results
+
+
+def _cut_at_stop(text: str, stops: list[str] | None) -> str:
+    for stop in stops or []:
+        index = text.find(stop)
+        if index >= 0:
+            text = text[:index]
+    return text

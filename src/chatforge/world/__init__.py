@@ -1,0 +1,39 @@
+"""A deterministic synthetic world: invented entities with known facts, rendered as a web-like corpus.
+
+>>> world = World.generate(WorldConfig(seed=0))
+>>> world.facts[0].prompt, world.facts[0].answer
+>>> write_corpus(world, "data/world")
+"""
+
+from chatforge.world.corpus import DataScriptArguments, split_documents, write_corpus
+from chatforge.world.entities import (
+    PERSON_STYLES,
+    RELATIONS,
+    City,
+    Country,
+    Fact,
+    Organisation,
+    Person,
+    World,
+    WorldConfig,
+    generate_world,
+)
+from chatforge.world.render import Document, render_documents
+
+__all__ = [
+    "PERSON_STYLES",
+    "RELATIONS",
+    "City",
+    "Country",
+    "DataScriptArguments",
+    "Document",
+    "Fact",
+    "Organisation",
+    "Person",
+    "World",
+    "WorldConfig",
+    "generate_world",
+    "render_documents",
+    "split_documents",
+    "write_corpus",
+]

@@ -1,0 +1,125 @@
+"""Export a World as a Hugging Face-loadable corpus (parquet splits), a facts table and an entity dump."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatforge.configs import RecipeError
+from chatforge.world.entities import PERSON_STYLES, World, WorldConfig
+from chatforge.world.render import Document
+
+SOURCES = ("world",)
+MIN_TRAIN_MENTIONS = 3  # every fact must stay stated in at least this many train documents
+
+
+@dataclass
+class DataScriptArguments:
+    """Arguments of `scripts/run_data.py`: which data to build and, for the synthetic world, its size."""
+
+    source: str = field(default="world", metadata={"help": f"Data source to build. One of: {', '.join(SOURCES)}."})
+    output_dir: str = field(
+        default="data/world", metadata={"help": "Directory to write corpus/, facts.jsonl and world.json into."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the world; the same seed always gives byte-identical files."}
+    )
+    num_people: int = field(default=250, metadata={"help": "People who appear in the corpus."})
+    num_heldout_people: int = field(
+        default=50, metadata={"help": "People with facts but never in any document (for hallucination tests)."}
+    )
+    num_cities: int = field(default=40, metadata={"help": "Number of cities (at least num_countries)."})
+    num_countries: int = field(default=8, metadata={"help": "Number of countries."})
+    num_organisations: int = field(default=40, metadata={"help": "Number of companies."})
+    docs_per_person: int = field(default=6, metadata={"help": "Documents written about each person (at least 3)."})
+    person_styles: list[str] = field(
+        default_factory=lambda: list(PERSON_STYLES),
+        metadata={"help": f"Document styles used for people, from: {', '.join(PERSON_STYLES)}."},
+    )
+    validation_fraction: float = field(
+        default=0.05, metadata={"help": "Fraction of documents put in the validation split, in (0, 1)."}
+    )
+
+    def world_config(self) -> WorldConfig:
+        """The WorldConfig these arguments describe (validated)."""
+        if self.source not in SOURCES:
+            raise RecipeError(f"unknown source {self.source!r}; valid sources are: {', '.join(SOURCES)}")
+        config = WorldConfig(
+            seed=self.seed,
+            num_people=self.num_people,
+            num_heldout_people=self.num_heldout_people,
+            num_cities=self.num_cities,
+            num_countries=self.num_countries,
+            num_organisations=self.num_organisations,
+            docs_per_person=self.docs_per_person,
+            person_styles=tuple(self.person_styles),
+            validation_fraction=self.validation_fraction,
+        )
+        config.validate()
+        return config
+
+
+def split_documents(world: World) -> tuple[list[Document], list[Document]]:
+    """Deterministic (train, validation) split; every fact stays stated in >= 3 train documents."""
+    documents = world.documents
+    mentions = Counter(key for doc in documents for key in doc.facts)
+    target = max(1, round(world.config.validation_fraction * len(documents)))
+    order = list(range(len(documents)))
+    random.Random(f"{world.config.seed}:validation").shuffle(order)
+    chosen: set[int] = set()
+    for index in order:
+        if len(chosen) >= target:
+            break
+        doc = documents[index]
+        if all(mentions[key] > MIN_TRAIN_MENTIONS for key in doc.facts):
+            chosen.add(index)
+            mentions.subtract(doc.facts)
+    if not chosen:
+        raise RecipeError("the validation split would be empty; raise docs_per_person or validation_fraction")
+    train = [d for i, d in enumerate(documents) if i not in chosen]
+    validation = [d for i, d in enumerate(documents) if i in chosen]
+    return train, validation
+
+
+def _write_parquet(documents: list[Document], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {"text": [d.text for d in documents], "id": [d.id for d in documents], "url": [d.url for d in documents]}
+    )
+    pq.write_table(table, path)
+
+
+def write_corpus(world: World, output_dir: str | Path) -> dict[str, Any]:
+    """Write corpus/{train,validation}.parquet, facts.jsonl and world.json; return a summary."""
+    output_dir = Path(output_dir)
+    (output_dir / "corpus").mkdir(parents=True, exist_ok=True)
+    train, validation = split_documents(world)
+    _write_parquet(train, output_dir / "corpus" / "train.parquet")
+    _write_parquet(validation, output_dir / "corpus" / "validation.parquet")
+    with open(output_dir / "facts.jsonl", "w", encoding="utf-8") as f:
+        for record in world.facts_table():
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with open(output_dir / "world.json", "w", encoding="utf-8") as f:
+        json.dump(world.to_dict(), f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    characters = sum(len(d.text) for d in world.documents)
+    facts_by_split = Counter(fact.split for fact in world.facts)
+    return {
+        "output_dir": str(output_dir),
+        "documents": len(world.documents),
+        "train_documents": len(train),
+        "validation_documents": len(validation),
+        "characters": characters,
+        "words": sum(len(d.text.split()) for d in world.documents),
+        "approx_tokens": characters // 4,
+        "people": len(world.train_people),
+        "heldout_people": len(world.heldout_people),
+        "facts_train": facts_by_split["train"],
+        "facts_heldout": facts_by_split["heldout"],
+    }
