@@ -17,14 +17,14 @@ import transformers
 
 from chatforge.configs import exit_on_user_error, parse_recipe
 from chatforge.modeling import ArchitectureArguments
-from chatforge.pretrain import PretrainConfig, PretrainScriptArguments, main
+from chatforge.pretrain import PretrainConfig, PretrainScriptArguments, train
 
 
 def cli() -> None:
     script_args, training_args, arch = parse_recipe([PretrainScriptArguments, PretrainConfig, ArchitectureArguments])
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
-    metrics = main(script_args, training_args, arch)
+    _, metrics = train(script_args, training_args, arch)
     if training_args.process_index == 0:
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
         print(f"saved to {training_args.output_dir}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
@@ -31,14 +32,21 @@ def load_corpus(
     path = Path(name).expanduser()
     if not path.exists() and looks_local(name):
         raise RecipeError(f"dataset not found: {name}" + (f"; {hint}" if hint else ""))
+    progress_was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # "Generating split" bars are noise here, and would bury an error
     try:
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
             loaded = load_from_disk(str(path))
         else:
             loaded = load_dataset(str(path) if path.exists() else name, config)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the name and the cause
-        first_line = (str(err).splitlines() or [type(err).__name__])[0]
-        raise RecipeError(f"could not load dataset '{name}': {first_line}") from None
+        empty = _empty_data_files(path) if path.is_dir() else []
+        if empty:
+            raise RecipeError(f"dataset '{name}' has empty data files: {', '.join(empty)}") from None
+        raise RecipeError(f"could not load dataset '{name}': {_root_cause(err)}") from None
+    finally:
+        if progress_was_on:
+            datasets.enable_progress_bars()
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     result = DatasetDict()
@@ -56,6 +64,26 @@ def load_corpus(
             )
         result[split] = dataset
     return result
+
+
+def _empty_data_files(folder: Path) -> list[str]:
+    """Data files under `folder` with no rows: datasets fails on them with unhelpful messages."""
+    import pyarrow.parquet as pq
+
+    empty = []
+    for file in sorted(folder.rglob("*")):
+        if file.suffix not in (".parquet", ".jsonl", ".json", ".csv", ".txt") or not file.is_file():
+            continue
+        if file.stat().st_size == 0 or (file.suffix == ".parquet" and pq.read_metadata(file).num_rows == 0):
+            empty.append(str(file.relative_to(folder)))
+    return empty
+
+
+def _root_cause(err: BaseException) -> str:
+    """First line of the innermost exception: datasets wraps the useful message in generic ones."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def pack_dataset(

@@ -10,7 +10,9 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None) -
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, exist_ok=True, private=private)
+    # A bare name is created under the token's user: upload to the id the Hub answered, not to the bare name
+    # (which would name a legacy repo without namespace and fail with "repository not found").
+    repo_id = api.create_repo(repo_id, exist_ok=True, private=private).repo_id
     info = api.upload_folder(
         folder_path=str(folder), repo_id=repo_id, ignore_patterns=["checkpoint-*", "checkpoint-*/**", "*.pt"]
     )

@@ -58,6 +58,12 @@ class PretrainScriptArguments:
     )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
+    def __post_init__(self) -> None:
+        # `--facts_file null` on the command line arrives as a string; YAML null arrives as None.
+        for name in ("facts_file", "dataset_test_split", "dataset_config"):
+            if str(getattr(self, name)).lower() in ("null", "none", ""):
+                setattr(self, name, None)
+
 
 @dataclass
 class PretrainConfig(TrainingArguments):
@@ -164,13 +170,16 @@ def validate(script_args: PretrainScriptArguments, training_args: PretrainConfig
     resolve_checkpoint(training_args)
 
 
-def main(
+def train(
     script_args: PretrainScriptArguments,
     training_args: PretrainConfig,
     arch: ArchitectureArguments,
     callbacks: list[TrainerCallback] | None = None,
-) -> dict:
-    """Train a model from scratch as the recipe says; save it with metrics, plots and a model card."""
+) -> tuple[Trainer, dict]:
+    """Train a model from scratch as the recipe says; save it with metrics, plots and a model card.
+
+    Returns the trainer (its `.model` is the trained model) and the run's metrics.
+    """
     validate(script_args, training_args, arch)
     transformers.set_seed(training_args.seed)
     tokenizer = load_tokenizer(script_args.tokenizer_name_or_path)
@@ -271,7 +280,7 @@ def main(
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub and trainer.is_world_process_zero():
         push_folder(training_args.output_dir, training_args.hub_model_id or Path(training_args.output_dir).name)
-    return metrics
+    return trainer, metrics
 
 
 def save_pretrained_model(

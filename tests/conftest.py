@@ -1,0 +1,81 @@
+"""Shared fixtures: the embedded world, its tokenizer and the default pretraining run, built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_script(
+    script: str, *args: str, cwd: Path | None = None, timeout: float = 1800, launcher: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `scripts/<script>` with the test interpreter (or under `launcher`), offline, capturing output."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    command = [*(launcher or [sys.executable]), str(REPO / "scripts" / script), *args]
+    return subprocess.run(command, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """Assert the process failed with exit 2 and a single `error:` line on stderr; return that line."""
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default world written by the default data recipe."""
+    out = tmp_path_factory.mktemp("world")
+    result = run_script("run_data.py", str(REPO / "recipes" / "data.yaml"), "--output_dir", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tokenizer recipe trained on the default world."""
+    out = tmp_path_factory.mktemp("tokenizer")
+    result = run_script(
+        "train_tokenizer.py",
+        str(REPO / "recipes" / "tokenizer.yaml"),
+        "--dataset_name",
+        str(world_dir / "corpus"),
+        "--output_dir",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_pretrain(world_dir: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default pretraining recipe, unchanged but for paths: the run `make demo` does (minutes)."""
+    out = tmp_path_factory.mktemp("pretrain")
+    result = run_script(
+        "run_pretrain.py",
+        str(REPO / "recipes" / "pretrain.yaml"),
+        "--dataset_name",
+        str(world_dir / "corpus"),
+        "--facts_file",
+        str(world_dir / "facts.jsonl"),
+        "--tokenizer_name_or_path",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"\ndefault pretraining: {json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)})}")
+    return out
