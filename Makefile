@@ -27,9 +27,9 @@ demo: setup
 	$(PY) scripts/generate.py --model_name_or_path outputs/pretrain --prompt_file recipes/prompts/assistant.txt \
 		--prompt "Where was $$($(PY) -c 'import json;print(json.loads(open("data/world/facts.jsonl").readline())["subject"])') born?" \
 		--stop "Human:" --num_samples 2 --max_new_tokens 40
-	@$(PY) -c 'import json; m = json.load(open("outputs/pretrain/metrics.json")); \
-		print(f"\nbase model: eval bits/byte {m[\"eval_bits_per_byte\"]:.3f}, fact completion accuracy {m[\"fact_accuracy\"]:.1%} (majority baseline {m[\"fact_baseline\"]:.1%})"); \
-		print("outputs: data/world (corpus, facts), outputs/tokenizer, outputs/pretrain (model, metrics.json, loss_curve.png)")'
+	$(PY) scripts/run_sft.py recipes/sft.yaml
+	$(PY) scripts/chat.py --model_name_or_path outputs/sft --prompt "Who are you?" --temperature 0
+	@$(PY) scripts/summary.py outputs/pretrain outputs/sft
 
 test: setup
 	$(PY) -m pytest -x -q

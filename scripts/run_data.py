@@ -6,7 +6,9 @@ Usage:
 
 Writes OUTPUT_DIR/corpus/{train,validation}.parquet (columns text, id, url; load them with
 `datasets.load_dataset("OUTPUT_DIR/corpus")`), OUTPUT_DIR/facts.jsonl (one cloze fact per line)
-and OUTPUT_DIR/world.json (every entity, for later stages).
+and OUTPUT_DIR/world.json (every entity, for later stages). Unless `--chat_data false`, it also writes the
+chat data: OUTPUT_DIR/sft/{train,test}.jsonl (`{"messages": [...]}` rows for SFT), OUTPUT_DIR/identity/train.jsonl
+(the assistant's identity conversations alone) and OUTPUT_DIR/chat_eval.jsonl (questions with expected answers).
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from __future__ import annotations
 import time
 
 from chatforge.configs import exit_on_user_error, parse_recipe
-from chatforge.world import World, write_corpus
+from chatforge.world import World, write_chat_data, write_corpus
 from chatforge.world.corpus import DataScriptArguments
 
 
 def main(args: DataScriptArguments) -> dict:
     """Generate the world, write its files and print a summary table."""
     config = args.world_config()  # validates before any work
+    chat_config = args.chat_config() if args.chat_data else None
     start = time.perf_counter()
     world = World.generate(config)
     world.render(progress=True)
     summary = write_corpus(world, args.output_dir)
+    if chat_config is not None:
+        summary["chat"] = write_chat_data(world, args.output_dir, chat_config)
     elapsed = time.perf_counter() - start
     rows = [
         (
@@ -36,13 +41,24 @@ def main(args: DataScriptArguments) -> dict:
         ("tokens (approx., 4 chars each)", f"{summary['approx_tokens']:,}"),
         ("people (in corpus / held out)", f"{summary['people']:,} / {summary['heldout_people']:,}"),
         ("facts (train / heldout)", f"{summary['facts_train']:,} / {summary['facts_heldout']:,}"),
-        ("time", f"{elapsed:.1f}s"),
     ]
+    if "chat" in summary:
+        chat = summary["chat"]
+        rows += [
+            ("people (sft / chat eval)", f"{chat['sft_people']:,} / {chat['eval_people']:,}"),
+            ("sft conversations (train / test)", f"{chat['sft_train']:,} / {chat['sft_test']:,}"),
+            ("sft assistant turns (train)", f"{chat['sft_turns']:,}"),
+            ("identity conversations (train)", f"{chat['identity_train']:,}"),
+            ("chat eval questions (fact / identity)", f"{chat['chat_eval_facts']:,} / {chat['chat_eval_identity']:,}"),
+        ]
+    rows.append(("time", f"{elapsed:.1f}s"))
     width = max(len(name) for name, _ in rows)
     print(f"synthetic world, seed {config.seed}")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     print(f"wrote {args.output_dir}/corpus/{{train,validation}}.parquet, facts.jsonl, world.json")
+    if "chat" in summary:
+        print(f"wrote {args.output_dir}/sft/{{train,test}}.jsonl, identity/train.jsonl, chat_eval.jsonl")
     return summary
 
 

@@ -20,7 +20,9 @@ class SamplingArguments:
     stop: list[str] | None = field(default=None, metadata={"help": "Strings that end a sample (not included)."})
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
 
-    def generation_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    def generation_config(
+        self, tokenizer: PreTrainedTokenizerBase, stop_token_ids: list[int] | None = None
+    ) -> GenerationConfig:
         greedy = self.temperature <= 0
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens,
@@ -30,7 +32,7 @@ class SamplingArguments:
             top_k=None if greedy else (self.top_k or None),
             num_return_sequences=self.num_samples,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop_token_ids or tokenizer.eos_token_id,
             stop_strings=self.stop or None,
         )
 
@@ -43,10 +45,14 @@ def sample(
     settings: SamplingArguments,
     prefix_token_ids: list[int] | None = None,
     batch_size: int = 32,
+    stop_token_ids: list[int] | None = None,
 ) -> list[list[str]]:
-    """Continue each prompt `settings.num_samples` times; returns the continuations only, per prompt."""
+    """Continue each prompt `settings.num_samples` times; returns the continuations only, per prompt.
+
+    Generation ends at the tokenizer's eos token, or at any of `stop_token_ids` when given.
+    """
     torch.manual_seed(settings.seed)
-    config = settings.generation_config(tokenizer)
+    config = settings.generation_config(tokenizer, stop_token_ids)
     prefix = list(prefix_token_ids or [])
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -73,3 +79,9 @@ def _cut_at_stop(text: str, stops: list[str] | None) -> str:
         if index >= 0:
             text = text[:index]
     return text
+
+
+def chat_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end an assistant turn: `<|im_end|>` (when the vocabulary has it) and the eos token."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",) if t in tokenizer.get_vocab()]
+    return list(dict.fromkeys([*ids, tokenizer.eos_token_id]))

@@ -3,9 +3,18 @@
 >>> world = World.generate(WorldConfig(seed=0))
 >>> world.facts[0].prompt, world.facts[0].answer
 >>> write_corpus(world, "data/world")
+>>> write_chat_data(world, "data/world")  # sft/, identity/, chat_eval.jsonl
 """
 
-from chatforge.world.corpus import DataScriptArguments, split_documents, write_corpus
+from chatforge.world.chat import (
+    ASSISTANT_CREATOR,
+    ASSISTANT_NAME,
+    DEFAULT_SYSTEM_PROMPT,
+    ChatData,
+    ChatDataConfig,
+    build_chat_data,
+)
+from chatforge.world.corpus import DataScriptArguments, split_documents, write_chat_data, write_corpus
 from chatforge.world.entities import (
     PERSON_STYLES,
     RELATIONS,
@@ -21,6 +30,11 @@ from chatforge.world.entities import (
 from chatforge.world.render import Document, render_documents
 
 __all__ = [
+    "ASSISTANT_CREATOR",
+    "ASSISTANT_NAME",
+    "DEFAULT_SYSTEM_PROMPT",
+    "ChatData",
+    "ChatDataConfig",
     "PERSON_STYLES",
     "RELATIONS",
     "City",
@@ -32,8 +46,10 @@ __all__ = [
     "Person",
     "World",
     "WorldConfig",
+    "build_chat_data",
     "generate_world",
     "render_documents",
     "split_documents",
+    "write_chat_data",
     "write_corpus",
 ]

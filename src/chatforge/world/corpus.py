@@ -1,4 +1,4 @@
-"""Export a World as a Hugging Face-loadable corpus (parquet splits), a facts table and an entity dump."""
+"""Export a World as a Hugging Face-loadable corpus (parquet splits), a facts table, an entity dump and chat data."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from chatforge.configs import RecipeError
+from chatforge.world.chat import ChatDataConfig, build_chat_data
 from chatforge.world.entities import PERSON_STYLES, World, WorldConfig
 from chatforge.world.render import Document
 
@@ -43,6 +44,22 @@ class DataScriptArguments:
     validation_fraction: float = field(
         default=0.05, metadata={"help": "Fraction of documents put in the validation split, in (0, 1)."}
     )
+    chat_data: bool = field(
+        default=True, metadata={"help": "Also write sft/, identity/ and chat_eval.jsonl (chat data for SFT)."}
+    )
+    sft_people_fraction: float = field(
+        default=0.8,
+        metadata={"help": "Fraction of in-corpus people asked about in SFT data; the rest form the chat eval set."},
+    )
+    sft_conversations_per_fact: int = field(
+        default=4, metadata={"help": "How many SFT conversations ask about each fact (in different phrasings)."}
+    )
+    sft_identity_conversations: int = field(
+        default=500, metadata={"help": "Conversations about the assistant itself (name, creator, limits...)."}
+    )
+    sft_test_fraction: float = field(
+        default=0.05, metadata={"help": "Fraction of SFT conversations put in sft/test.jsonl (for eval loss)."}
+    )
 
     def world_config(self) -> WorldConfig:
         """The WorldConfig these arguments describe (validated)."""
@@ -58,6 +75,17 @@ class DataScriptArguments:
             docs_per_person=self.docs_per_person,
             person_styles=tuple(self.person_styles),
             validation_fraction=self.validation_fraction,
+        )
+        config.validate()
+        return config
+
+    def chat_config(self) -> ChatDataConfig:
+        """The ChatDataConfig these arguments describe (validated)."""
+        config = ChatDataConfig(
+            sft_people_fraction=self.sft_people_fraction,
+            conversations_per_fact=self.sft_conversations_per_fact,
+            identity_conversations=self.sft_identity_conversations,
+            test_fraction=self.sft_test_fraction,
         )
         config.validate()
         return config
@@ -122,4 +150,32 @@ def write_corpus(world: World, output_dir: str | Path) -> dict[str, Any]:
         "heldout_people": len(world.heldout_people),
         "facts_train": facts_by_split["train"],
         "facts_heldout": facts_by_split["heldout"],
+    }
+
+
+def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig | None = None) -> dict[str, Any]:
+    """Write sft/{train,test}.jsonl, identity/train.jsonl and chat_eval.jsonl; return their counts."""
+    output_dir = Path(output_dir)
+    data = build_chat_data(world, config)
+    _write_jsonl([{"messages": c} for c in data.sft_train], output_dir / "sft" / "train.jsonl")
+    _write_jsonl([{"messages": c} for c in data.sft_test], output_dir / "sft" / "test.jsonl")
+    _write_jsonl([{"messages": c} for c in data.identity], output_dir / "identity" / "train.jsonl")
+    _write_jsonl(data.chat_eval, output_dir / "chat_eval.jsonl")
+    kinds = Counter(row["kind"] for row in data.chat_eval)
+    return {
+        "sft_train": len(data.sft_train),
+        "sft_test": len(data.sft_test),
+        "sft_turns": sum(sum(m["role"] == "assistant" for m in c) for c in data.sft_train),
+        "identity_train": len(data.identity),
+        "chat_eval_facts": kinds["fact"],
+        "chat_eval_identity": kinds["identity"],
+        "sft_people": len(data.sft_people),
+        "eval_people": len(data.eval_people),
     }

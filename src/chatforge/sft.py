@@ -1,0 +1,235 @@
+"""Supervised fine-tuning with TRL's `SFTTrainer`: configs, checks, and the stage's `train`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from datasets import DatasetDict
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
+
+from chatforge.chat_data import check_generation_tags, validate_conversations
+from chatforge.configs import RecipeError
+from chatforge.data import load_corpus, looks_local
+from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
+from chatforge.generation import chat_stop_token_ids
+from chatforge.hub import push_folder
+from chatforge.mixtures import load_mixture
+from chatforge.model_card import write_model_card
+from chatforge.plots import plot_loss_curves
+from chatforge.pretrain import resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTScriptArguments(ScriptArguments):
+    """Which conversations to train on and how to measure the result."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A `messages` dataset (local folder or Hub id); or use dataset_mixture."}
+    )
+    dataset_test_split: str | None = field(default="test", metadata={"help": "Split for eval loss (None: none)."})
+    dataset_mixture: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Weighted mixture: {datasets: [{id, config, split, columns, weight}], seed, test_split_size}"
+        },
+    )
+    chat_eval_file: str | None = field(
+        default="data/world/chat_eval.jsonl",
+        metadata={
+            "help": "Questions with known answers, asked in chat format before and after training (None: skip)."
+        },
+    )
+    max_chat_eval: int | None = field(default=None, metadata={"help": "Cap on chat eval questions (None: all)."})
+    eval_before_training: bool = field(
+        default=True, metadata={"help": "Also score the starting model on the chat eval, for a before/after view."}
+    )
+    merge_adapter: bool = field(
+        default=True, metadata={"help": "With use_peft: also write the merged full model to output_dir/merged."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("chat_eval_file", "dataset_test_split", "dataset_config", "dataset_name", "dataset_mixture"):
+            if str(getattr(self, name)).lower() in ("null", "none", ""):
+                setattr(self, name, None)
+        if isinstance(self.dataset_mixture, str):  # given on the command line as JSON
+            try:
+                self.dataset_mixture = json.loads(self.dataset_mixture)
+            except json.JSONDecodeError as err:
+                raise RecipeError(f"dataset_mixture is not valid JSON: {err}") from None
+
+
+@dataclass
+class ChatSFTConfig(SFTConfig):
+    """TRL's `SFTConfig` with chatforge's defaults: bf16 only where the GPU supports it, ChatML end of turn."""
+
+    output_dir: str = field(default="outputs/sft", metadata={"help": "Where the model and checkpoints go."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; unset: on where supported."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
+    assistant_only_loss: bool = field(default=True, metadata={"help": "Train only on the assistant's tokens."})
+    eos_token: str | None = field(default="<|im_end|>", metadata={"help": "Token that ends an assistant turn."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+
+
+def check_model_path(name_or_path: str | None) -> str:
+    """The base model must exist before anything else happens; say what makes it."""
+    if not name_or_path:
+        raise RecipeError("model_name_or_path is not set; point it at a pretrained model (e.g. outputs/pretrain)")
+    if looks_local(name_or_path) and not Path(name_or_path).exists():
+        raise RecipeError(
+            f"base model not found: {name_or_path}; pretrain it first with "
+            "`python scripts/run_pretrain.py recipes/pretrain.yaml` (or run `make demo`)"
+        )
+    return name_or_path
+
+
+def load_sft_datasets(script_args: SFTScriptArguments) -> DatasetDict:
+    """The train (and optional test) conversations from a mixture or a single dataset, validated."""
+    if script_args.dataset_mixture:
+        datasets = load_mixture(script_args.dataset_mixture)
+        name = "dataset_mixture"
+    elif script_args.dataset_name:
+        splits = [script_args.dataset_train_split]
+        if script_args.dataset_test_split:
+            splits.append(script_args.dataset_test_split)
+        datasets = load_corpus(
+            script_args.dataset_name, splits, "messages", script_args.dataset_config, optional_splits=tuple(splits[1:])
+        )
+        name = script_args.dataset_name
+        if script_args.dataset_test_split in datasets:
+            datasets["test"] = datasets.pop(script_args.dataset_test_split)
+        datasets["train"] = datasets.pop(script_args.dataset_train_split)
+    else:
+        raise RecipeError("set dataset_name or dataset_mixture in the SFT recipe")
+    for split, dataset in datasets.items():
+        validate_conversations(dataset, f"{name} [{split}]")
+    return datasets
+
+
+def train(
+    script_args: SFTScriptArguments,
+    training_args: ChatSFTConfig,
+    model_args: ModelConfig,
+    callbacks: list[TrainerCallback] | None = None,
+) -> tuple[SFTTrainer, dict]:
+    """Fine-tune the base model on conversations; save it with metrics, plots and a model card."""
+    model_path = check_model_path(model_args.model_name_or_path)
+    chat_eval = load_chat_eval(script_args.chat_eval_file) if script_args.chat_eval_file else None
+    if chat_eval and script_args.max_chat_eval:
+        chat_eval = chat_eval[: script_args.max_chat_eval]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if training_args.chat_template_path:
+        template_path = Path(training_args.chat_template_path)
+        if not template_path.is_file():
+            raise RecipeError(f"chat_template_path not found: {template_path}")
+        tokenizer.chat_template = template_path.read_text()
+        training_args.chat_template_path = None  # applied here; TRL would otherwise try to clone it
+    if not tokenizer.chat_template:
+        raise RecipeError(f"{model_path} has no chat template; set chat_template_path: chat_templates/chatml.jinja")
+    if training_args.assistant_only_loss:
+        check_generation_tags(tokenizer.chat_template)
+    datasets = load_sft_datasets(script_args)
+    transformers.set_seed(training_args.seed)
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
+    )
+    metrics: dict = {}
+    if chat_eval and script_args.eval_before_training:
+        before = chat_accuracy(model, tokenizer, chat_eval)
+        metrics.update({f"before_chat_{k}": v for k, v in before.items() if k.endswith("accuracy")})
+        logger.info("chat eval before SFT: %s", {k: v for k, v in metrics.items()})
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("test"),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    metrics.update(
+        train_loss=train_result.training_loss,
+        global_step=trainer.state.global_step,
+        train_runtime_s=train_result.metrics.get("train_runtime"),
+        train_conversations=len(datasets["train"]),
+    )
+    if datasets.get("test") is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    if chat_eval and trainer.is_world_process_zero():
+        after = chat_accuracy(trainer.model, tokenizer, chat_eval)
+        metrics.update({f"chat_{k}": v for k, v in after.items() if k.endswith("accuracy")})
+        for kind, examples in after["examples"].items():
+            for ex in examples:
+                logger.info("%s %s | %r -> %r", kind, "ok " if ex["ok"] else "BAD", ex["question"], ex["reply"])
+
+    if trainer.is_world_process_zero():
+        save_sft_model(trainer, tokenizer, metrics, script_args, model_args)
+        if model_args.use_peft and script_args.merge_adapter:
+            merge_adapter(training_args.output_dir, Path(training_args.output_dir) / "merged")
+    trainer.accelerator.wait_for_everyone()
+    if training_args.push_to_hub and trainer.is_world_process_zero():
+        push_folder(training_args.output_dir, training_args.hub_model_id or Path(training_args.output_dir).name)
+    return trainer, metrics
+
+
+def save_sft_model(
+    trainer: SFTTrainer,
+    tokenizer: PreTrainedTokenizerBase,
+    metrics: dict,
+    script_args: SFTScriptArguments,
+    model_args: ModelConfig,
+) -> None:
+    """Write the model (or adapter), tokenizer, chat generation settings, metrics, loss plot and card."""
+    out = Path(trainer.args.output_dir)
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    generation_config = trainer.model.generation_config
+    generation_config.eos_token_id = chat_stop_token_ids(tokenizer)
+    generation_config.pad_token_id = tokenizer.pad_token_id
+    generation_config.save_pretrained(str(out))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    trainer.state.save_to_json(str(out / "trainer_state.json"))
+    plot_loss_curves(trainer.state.log_history, out / "loss_curve.png", title="SFT")
+    sources = [d["id"] for d in (script_args.dataset_mixture or {}).get("datasets", [])] or [script_args.dataset_name]
+    write_model_card(
+        out,
+        stage="sft",
+        base_model=None if looks_local(model_args.model_name_or_path) else model_args.model_name_or_path,
+        datasets=[str(s) for s in sources],
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        details={
+            "base model": model_args.model_name_or_path,
+            "LoRA": model_args.use_peft,
+            "assistant-only loss": trainer.args.assistant_only_loss,
+            "max length": trainer.args.max_length,
+        },
+        prompt="<|im_start|>user\\nWho are you?<|im_end|>\\n<|im_start|>assistant\\n",
+    )
+
+
+def merge_adapter(adapter_dir: str | Path, output_dir: str | Path) -> PreTrainedModel:
+    """Fold a saved LoRA adapter into its base model and save a plain `AutoModelForCausalLM` folder."""
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)).merge_and_unload()
+    model.save_pretrained(str(output_dir))
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(output_dir))
+    model.generation_config.save_pretrained(str(output_dir))
+    return model

@@ -1,0 +1,262 @@
+"""SFT: the assistant mask, the default run's chat accuracy and identity, LoRA adapters, and bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, one_line_error, run_script
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from trl import ModelConfig
+
+from chatforge.sft import ChatSFTConfig, SFTScriptArguments, train
+
+# Measured on the default recipes (see README); floors leave margin for numerical noise across machines.
+CHAT_FACT_FLOOR = 0.30
+IDENTITY_FLOOR = 0.80
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Where was Talia Morvane born?"},
+    {"role": "assistant", "content": "Talia Morvane was born in Lorvik."},
+    {"role": "user", "content": "And what does she do?"},
+    {"role": "assistant", "content": "She works as a baker."},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised Qwen3 saved with the default tokenizer: a stand-in base model."""
+    out = tmp_path_factory.mktemp("tiny_base")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model(
+        "qwen3",
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+        head_dim=32,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_sft(base: Path, world_dir: Path, output_dir: Path, use_peft: bool = False, **overrides):
+    script_args = SFTScriptArguments(dataset_name=str(world_dir / "sft"), chat_eval_file=None)
+    settings = dict(
+        output_dir=str(output_dir),
+        max_steps=8,
+        per_device_train_batch_size=4,
+        max_length=128,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    settings.update(overrides)
+    model_args = ModelConfig(
+        model_name_or_path=str(base),
+        use_peft=use_peft,
+        lora_r=8,
+        lora_alpha=16,
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
+    return train(script_args, ChatSFTConfig(**settings), model_args)
+
+
+def test_assistant_mask_covers_exactly_the_assistant_tokens(tiny_base: Path, world_dir: Path, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    rendered = tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = rendered["input_ids"], rendered["assistant_masks"]
+    masked = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    assert masked == "Talia Morvane was born in Lorvik.<|im_end|>She works as a baker.<|im_end|>"
+    unmasked = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
+    assert "Where was Talia" in unmasked and "Lorvik" not in unmasked
+    # The trainer's own tokenized dataset carries the same mask: what the loss actually sees.
+    trainer, _ = tiny_sft(tiny_base, world_dir, tmp_path, max_steps=1)
+    row = trainer.train_dataset[0]
+    text = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+    assert text.endswith("<|im_end|>") and "<|im_start|>" not in text and "user" not in text.split("<|im_end|>")[0]
+
+
+def test_lora_adapter_merges_and_reloads(tiny_base: Path, world_dir: Path, tmp_path: Path) -> None:
+    trainer, metrics = tiny_sft(tiny_base, world_dir, tmp_path / "lora", use_peft=True)
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()
+    assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "lora" / "model.safetensors").exists()  # only the adapter
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapter learned something
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora" / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "lora" / "merged")
+    batch = tokenizer.apply_chat_template(
+        CONVERSATION[:2], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    trainer.model.eval()
+    with torch.no_grad():
+        adapted_logits = trainer.model(**batch).logits
+        assert torch.allclose(merged(**batch).logits, adapted_logits, atol=1e-4)
+        assert not torch.allclose(base(**batch).logits, adapted_logits, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default SFT recipe on the default base model (paths changed only)."""
+    out = tmp_path_factory.mktemp("sft")
+    mixture = json.dumps(
+        {
+            "datasets": [
+                {"id": str(world_dir / "sft"), "split": "train", "columns": ["messages"]},
+                {"id": str(world_dir / "identity"), "split": "train", "columns": ["messages"]},
+            ],
+            "seed": 42,
+            "test_split_size": 0.05,
+        }
+    )
+    result = run_script(
+        "run_sft.py",
+        str(REPO / "recipes" / "sft.yaml"),
+        "--model_name_or_path",
+        str(default_pretrain),
+        "--dataset_mixture",
+        mixture,
+        "--chat_eval_file",
+        str(world_dir / "chat_eval.jsonl"),
+        "--output_dir",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"\ndefault SFT: {json.dumps(metrics)}")
+    return out
+
+
+@pytest.mark.slow
+def test_default_sft_answers_world_questions_and_knows_itself(default_sft: Path) -> None:
+    metrics = json.loads((default_sft / "metrics.json").read_text())
+    assert metrics["chat_fact_accuracy"] >= CHAT_FACT_FLOOR
+    assert metrics["chat_fact_accuracy"] > metrics["before_chat_fact_accuracy"] + 0.2
+    assert metrics["chat_identity_accuracy"] >= IDENTITY_FLOOR
+    config = json.loads((default_sft / "generation_config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(default_sft)
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in config["eos_token_id"]
+
+
+@pytest.mark.slow
+def test_chat_script_one_shot(default_sft: Path) -> None:
+    result = run_script(
+        "chat.py",
+        "--model_name_or_path",
+        str(default_sft),
+        "--prompt",
+        "What is your name?",
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "30",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Forge" in result.stdout
+    assert "<|im_end|>" not in result.stdout and "<|im_start|>" not in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _sft(*args: str, launcher: list[str] | None = None):
+    return run_script("run_sft.py", str(REPO / "recipes" / "sft.yaml"), *args, launcher=launcher)
+
+
+def test_missing_base_model_says_what_to_run(tmp_path: Path) -> None:
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
+    line = one_line_error(_sft("--model_name_or_path", str(tmp_path / "no_model"), launcher=accelerate))
+    assert "base model not found" in line and "run_pretrain.py" in line
+
+
+def test_dataset_without_messages(tmp_path: Path, tiny_base: Path) -> None:
+    data = tmp_path / "bad"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    line = one_line_error(
+        _sft(
+            "--model_name_or_path",
+            str(tiny_base),
+            "--dataset_mixture",
+            "null",
+            "--dataset_name",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "out"),
+        )
+    )
+    assert "messages" in line and "text" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_roles_and_ordering(tmp_path: Path, tiny_base: Path) -> None:
+    for name, messages, expected in [
+        ("role", [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "hello"}], "human"),
+        (
+            "order",
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "user", "content": "again"},
+                {"role": "assistant", "content": "hello"},
+            ],
+            "row 1",
+        ),
+    ]:
+        data = tmp_path / name
+        data.mkdir()
+        good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+        (data / "train.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"messages": messages}) + "\n")
+        line = one_line_error(
+            _sft(
+                "--model_name_or_path",
+                str(tiny_base),
+                "--dataset_mixture",
+                "null",
+                "--dataset_name",
+                str(data),
+                "--output_dir",
+                str(tmp_path / "out"),
+            )
+        )
+        assert expected in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_template_without_generation_tags(tmp_path: Path, tiny_base: Path, world_dir: Path) -> None:
+    template = tmp_path / "plain.jinja"
+    text = (REPO / "chat_templates" / "chatml.jinja").read_text()
+    template.write_text(text.replace("{%- generation %}", "").replace("{%- endgeneration %}", ""))
+    line = one_line_error(
+        _sft(
+            "--model_name_or_path",
+            str(tiny_base),
+            "--chat_template_path",
+            str(template),
+            "--dataset_mixture",
+            "null",
+            "--dataset_name",
+            str(world_dir / "sft"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        )
+    )
+    assert "generation" in line
+    assert not (tmp_path / "out").exists()
