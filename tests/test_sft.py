@@ -86,11 +86,15 @@ def test_assistant_mask_covers_exactly_the_assistant_tokens(tiny_base: Path, wor
     assert masked == "Talia Morvane was born in Lorvik.<|im_end|>She works as a baker.<|im_end|>"
     unmasked = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
     assert "Where was Talia" in unmasked and "Lorvik" not in unmasked
-    # The trainer's own tokenized dataset carries the same mask: what the loss actually sees.
-    trainer, _ = tiny_sft(tiny_base, world_dir, tmp_path, max_steps=1)
-    row = trainer.train_dataset[0]
-    text = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
-    assert text.endswith("<|im_end|>") and "<|im_start|>" not in text and "user" not in text.split("<|im_end|>")[0]
+    # The trainer's own labels (what the loss actually sees) keep exactly the assistant turns of each row.
+    trainer, _ = tiny_sft(tiny_base, world_dir, tmp_path, max_steps=1, max_length=512)
+    for row in trainer.train_dataset.select(range(20)):
+        messages = row.get("messages")
+        learned = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+        assert learned.endswith("<|im_end|>") and "<|im_start|>" not in learned
+        if messages:
+            replies = "".join(m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant")
+            assert learned == replies
 
 
 def test_lora_adapter_merges_and_reloads(tiny_base: Path, world_dir: Path, tmp_path: Path) -> None:
@@ -182,9 +186,13 @@ def _sft(*args: str, launcher: list[str] | None = None):
 
 
 def test_missing_base_model_says_what_to_run(tmp_path: Path) -> None:
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
-    line = one_line_error(_sft("--model_name_or_path", str(tmp_path / "no_model"), launcher=accelerate))
+    line = one_line_error(_sft("--model_name_or_path", str(tmp_path / "no_model")))
     assert "base model not found" in line and "run_pretrain.py" in line
+    # Through the launcher too (which adds its own warnings and traceback around our line).
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
+    result = _sft("--model_name_or_path", str(tmp_path / "no_model"), launcher=accelerate)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [line]
 
 
 def test_dataset_without_messages(tmp_path: Path, tiny_base: Path) -> None:

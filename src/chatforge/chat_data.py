@@ -98,7 +98,8 @@ def validate_conversations(dataset: Any, name: str, max_rows_checked: int | None
 
 def check_generation_tags(chat_template: str) -> None:
     """Raise RecipeError if the template lacks `{% generation %}` tags, which assistant-only loss needs."""
-    if not GENERATION_TAG.search(chat_template or ""):
+    code = re.sub(r"\{#.*?#\}", "", chat_template or "", flags=re.DOTALL)  # a tag inside a comment is no tag
+    if not GENERATION_TAG.search(code):
         raise RecipeError(
             "the chat template has no {% generation %} tags, which assistant_only_loss needs to mark the "
             "assistant's tokens; use chat_templates/chatml.jinja (or add the tags around assistant turns)"

@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from chatforge.configs import RecipeError
+from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
 from chatforge.data import load_corpus, looks_local, pack_dataset
 from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
 from chatforge.hub import push_folder
@@ -59,10 +59,7 @@ class PretrainScriptArguments:
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def __post_init__(self) -> None:
-        # `--facts_file null` on the command line arrives as a string; YAML null arrives as None.
-        for name in ("facts_file", "dataset_test_split", "dataset_config"):
-            if str(getattr(self, name)).lower() in ("null", "none", ""):
-                setattr(self, name, None)
+        none_if_null(self, "facts_file", "dataset_test_split", "dataset_config")
 
 
 @dataclass
@@ -87,10 +84,13 @@ class PretrainConfig(TrainingArguments):
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Every parameter is used in each step, so DDP need not search for unused ones."},
+    )
 
     def __post_init__(self) -> None:
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        apply_device_defaults(self)
         super().__post_init__()
 
 

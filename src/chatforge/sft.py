@@ -7,14 +7,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import transformers
 from datasets import DatasetDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
 
 from chatforge.chat_data import check_generation_tags, validate_conversations
-from chatforge.configs import RecipeError
+from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
 from chatforge.data import load_corpus, looks_local
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.generation import chat_stop_token_ids
@@ -56,9 +55,7 @@ class SFTScriptArguments(ScriptArguments):
     )
 
     def __post_init__(self) -> None:
-        for name in ("chat_eval_file", "dataset_test_split", "dataset_config", "dataset_name", "dataset_mixture"):
-            if str(getattr(self, name)).lower() in ("null", "none", ""):
-                setattr(self, name, None)
+        none_if_null(self, "chat_eval_file", "dataset_test_split", "dataset_config", "dataset_name", "dataset_mixture")
         if isinstance(self.dataset_mixture, str):  # given on the command line as JSON
             try:
                 self.dataset_mixture = json.loads(self.dataset_mixture)
@@ -80,8 +77,7 @@ class ChatSFTConfig(SFTConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        apply_device_defaults(self)
         super().__post_init__()
 
 
