@@ -19,7 +19,7 @@ from chatforge.pretrain import PretrainConfig, PretrainScriptArguments, train
 
 # Measured on the default recipe (seed 42, 600 steps) on a 2-core CPU: see README. The floor leaves margin
 # for run-to-run numerical noise across machines; the baseline is always answering the commonest answer.
-FACT_ACCURACY_FLOOR = 0.50
+FACT_ACCURACY_FLOOR = 0.45  # measured 0.540 (twice, bit-identical) with the default recipe
 
 TINY_ARCH = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128

@@ -34,7 +34,7 @@ class SFTScriptArguments(ScriptArguments):
         default=None, metadata={"help": "A `messages` dataset (local folder or Hub id); or use dataset_mixture."}
     )
     dataset_test_split: str | None = field(default="test", metadata={"help": "Split for eval loss (None: none)."})
-    dataset_mixture: dict | None = field(
+    dataset_mixture: dict | str | None = field(
         default=None,
         metadata={
             "help": "Weighted mixture: {datasets: [{id, config, split, columns, weight}], seed, test_split_size}"
@@ -171,6 +171,7 @@ def train(
     if chat_eval and trainer.is_world_process_zero():
         after = chat_accuracy(trainer.model, tokenizer, chat_eval)
         metrics.update({f"chat_{k}": v for k, v in after.items() if k.endswith("accuracy")})
+        metrics["chat_per_relation"] = after["per_relation"]
         for kind, examples in after["examples"].items():
             for ex in examples:
                 logger.info("%s %s | %r -> %r", kind, "ok " if ex["ok"] else "BAD", ex["question"], ex["reply"])

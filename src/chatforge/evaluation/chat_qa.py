@@ -53,18 +53,21 @@ def chat_replies(
 
 
 def chat_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict], **kwargs) -> dict:
-    """Accuracy per `kind` (e.g. fact, identity): the reply contains the row's answer."""
+    """Accuracy per `kind` (e.g. fact, identity) and per kind/relation: the reply contains the row's answer."""
     if not rows:
         raise RecipeError("no chat eval rows")
     replies = chat_replies(model, tokenizer, [r["messages"] for r in rows], **kwargs)
     by_kind: dict[str, list[bool]] = defaultdict(list)
+    by_relation: dict[str, list[bool]] = defaultdict(list)
     examples: dict[str, list[dict]] = defaultdict(list)
     for row, reply in zip(rows, replies):
         ok = reply_contains(reply, row["answer"])
         by_kind[row["kind"]].append(ok)
+        by_relation[f"{row['kind']}/{row.get('relation', '')}"].append(ok)
         if len(examples[row["kind"]]) < 3:
             examples[row["kind"]].append({"question": row["messages"][-1]["content"], "reply": reply, "ok": ok})
     result: dict = {f"{kind}_accuracy": sum(oks) / len(oks) for kind, oks in sorted(by_kind.items())}
     result["counts"] = {kind: len(oks) for kind, oks in by_kind.items()}
+    result["per_relation"] = {key: sum(oks) / len(oks) for key, oks in sorted(by_relation.items())}
     result["examples"] = dict(examples)
     return result
