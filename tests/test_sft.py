@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, one_line_error, run_script
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig
@@ -123,16 +124,10 @@ def test_lora_adapter_merges_and_reloads(tiny_base: Path, world_dir: Path, tmp_p
 def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default SFT recipe on the default base model (paths changed only)."""
     out = tmp_path_factory.mktemp("sft")
-    mixture = json.dumps(
-        {
-            "datasets": [
-                {"id": str(world_dir / "sft"), "split": "train", "columns": ["messages"]},
-                {"id": str(world_dir / "identity"), "split": "train", "columns": ["messages"]},
-            ],
-            "seed": 42,
-            "test_split_size": 0.05,
-        }
-    )
+    mixture = yaml.safe_load((REPO / "recipes" / "sft.yaml").read_text())["dataset_mixture"]
+    for entry in mixture["datasets"]:  # the recipe's data/world/... folders, in this session's world
+        entry["id"] = str(world_dir / Path(entry["id"]).relative_to("data/world"))
+    mixture = json.dumps(mixture)
     result = run_script(
         "run_sft.py",
         str(REPO / "recipes" / "sft.yaml"),
@@ -189,6 +184,21 @@ def _sft(*args: str, launcher: list[str] | None = None):
     return run_script("run_sft.py", str(REPO / "recipes" / "sft.yaml"), *args, launcher=launcher)
 
 
+def _sft_on(base: Path, data: Path, out: Path, *args: str):
+    """Run the SFT script on one `messages` dataset folder instead of the recipe's mixture."""
+    return _sft(
+        "--model_name_or_path",
+        str(base),
+        "--dataset_mixture",
+        "null",
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(out),
+        *args,
+    )
+
+
 def test_missing_base_model_says_what_to_run(tmp_path: Path) -> None:
     line = one_line_error(_sft("--model_name_or_path", str(tmp_path / "no_model")))
     assert "base model not found" in line and "run_pretrain.py" in line
@@ -203,18 +213,7 @@ def test_dataset_without_messages(tmp_path: Path, tiny_base: Path) -> None:
     data = tmp_path / "bad"
     data.mkdir()
     (data / "train.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
-    line = one_line_error(
-        _sft(
-            "--model_name_or_path",
-            str(tiny_base),
-            "--dataset_mixture",
-            "null",
-            "--dataset_name",
-            str(data),
-            "--output_dir",
-            str(tmp_path / "out"),
-        )
-    )
+    line = one_line_error(_sft_on(tiny_base, data, tmp_path / "out"))
     assert "messages" in line and "text" in line
     assert not (tmp_path / "out").exists()
 
@@ -236,18 +235,7 @@ def test_wrong_roles_and_ordering(tmp_path: Path, tiny_base: Path) -> None:
         data.mkdir()
         good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
         (data / "train.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"messages": messages}) + "\n")
-        line = one_line_error(
-            _sft(
-                "--model_name_or_path",
-                str(tiny_base),
-                "--dataset_mixture",
-                "null",
-                "--dataset_name",
-                str(data),
-                "--output_dir",
-                str(tmp_path / "out"),
-            )
-        )
+        line = one_line_error(_sft_on(tiny_base, data, tmp_path / "out"))
         assert expected in line, line
     assert not (tmp_path / "out").exists()
 
@@ -257,18 +245,7 @@ def test_template_without_generation_tags(tmp_path: Path, tiny_base: Path, world
     text = (REPO / "chat_templates" / "chatml.jinja").read_text()
     template.write_text(text.replace("{%- generation %}", "").replace("{%- endgeneration %}", ""))
     line = one_line_error(
-        _sft(
-            "--model_name_or_path",
-            str(tiny_base),
-            "--chat_template_path",
-            str(template),
-            "--dataset_mixture",
-            "null",
-            "--dataset_name",
-            str(world_dir / "sft"),
-            "--output_dir",
-            str(tmp_path / "out"),
-        )
+        _sft_on(tiny_base, world_dir / "sft", tmp_path / "out", "--chat_template_path", str(template))
     )
     assert "generation" in line
     assert not (tmp_path / "out").exists()

@@ -17,3 +17,10 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None) -
         folder_path=str(folder), repo_id=repo_id, ignore_patterns=["checkpoint-*", "checkpoint-*/**", "*.pt"]
     )
     return str(getattr(info, "commit_url", info))
+
+
+def push_stage_output(args) -> str | None:
+    """Push a stage's `output_dir` when its `TrainingArguments` ask for it (main process only)."""
+    if not args.push_to_hub or args.process_index != 0:
+        return None
+    return push_folder(args.output_dir, args.hub_model_id or Path(args.output_dir).name, private=args.hub_private_repo)

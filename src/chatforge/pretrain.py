@@ -26,7 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
 from chatforge.data import load_corpus, looks_local, pack_dataset
 from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
-from chatforge.hub import push_folder
+from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
 from chatforge.modeling import ArchitectureArguments, build_model, build_model_config, count_parameters
 from chatforge.plots import plot_loss_curves
@@ -278,8 +278,7 @@ def train(
     if trainer.is_world_process_zero():
         save_pretrained_model(trainer, tokenizer, metrics, script_args, arch)
     trainer.accelerator.wait_for_everyone()
-    if training_args.push_to_hub and trainer.is_world_process_zero():
-        push_folder(training_args.output_dir, training_args.hub_model_id or Path(training_args.output_dir).name)
+    push_stage_output(training_args)
     return trainer, metrics
 
 

@@ -17,7 +17,7 @@ from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
 from chatforge.data import load_corpus, looks_local
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.generation import chat_stop_token_ids
-from chatforge.hub import push_folder
+from chatforge.hub import push_stage_output
 from chatforge.mixtures import load_mixture
 from chatforge.model_card import write_model_card
 from chatforge.plots import plot_loss_curves
@@ -181,8 +181,7 @@ def train(
         if model_args.use_peft and script_args.merge_adapter:
             merge_adapter(training_args.output_dir, Path(training_args.output_dir) / "merged")
     trainer.accelerator.wait_for_everyone()
-    if training_args.push_to_hub and trainer.is_world_process_zero():
-        push_folder(training_args.output_dir, training_args.hub_model_id or Path(training_args.output_dir).name)
+    push_stage_output(training_args)
     return trainer, metrics
 
 
