@@ -25,7 +25,7 @@ demo: setup
 	$(PY) scripts/train_tokenizer.py recipes/tokenizer.yaml
 	$(PY) scripts/run_pretrain.py recipes/pretrain.yaml
 	$(PY) scripts/generate.py --model_name_or_path outputs/pretrain --prompt_file recipes/prompts/assistant.txt \
-		--prompt "Where was $$($(PY) -c 'import json;print(json.loads(open("data/world/facts.jsonl").readline())["subject"])') born?" \
+		--prompt "Where was $$($(PY) -c 'import json; print(next(r["subject"] for r in map(json.loads, open("data/world/facts.jsonl")) if r["relation"] == "birth_city"))') born?" \
 		--stop "Human:" --num_samples 2 --max_new_tokens 40
 	$(PY) scripts/run_sft.py recipes/sft.yaml
 	$(PY) scripts/chat.py --model_name_or_path outputs/sft --prompt "Who are you?" --temperature 0

@@ -120,6 +120,14 @@ def test_lora_adapter_merges_and_reloads(tiny_base: Path, world_dir: Path, tmp_p
         assert not torch.allclose(base(**batch).logits, adapted_logits, atol=1e-4)
 
 
+def test_packing_fills_rows_and_trains(tiny_base: Path, world_dir: Path, tmp_path: Path) -> None:
+    trainer, _ = tiny_sft(tiny_base, world_dir, tmp_path, packing=True, max_length=256, max_steps=4)
+    lengths = [len(ids) for ids in trainer.train_dataset.select(range(50))["input_ids"]]
+    assert max(lengths) <= 256 and sum(lengths) / len(lengths) > 200  # several conversations per row
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(loss == loss and loss < 20 for loss in losses)
+
+
 @pytest.fixture(scope="module")
 def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default SFT recipe on the default base model (paths changed only)."""
