@@ -201,6 +201,8 @@ def _sft_on(base: Path, data: Path, out: Path, *args: str):
         "null",
         "--dataset_name",
         str(data),
+        "--chat_eval_file",
+        "null",
         "--output_dir",
         str(out),
         *args,
