@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from chatforge.world import World, WorldConfig
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# A small world for fast tests of the generator and its chat data (the default world is ~6x larger).
+SMALL = WorldConfig(seed=3, num_people=40, num_heldout_people=10, num_cities=10, num_countries=3, num_organisations=8)
 
 
 def run_script(
@@ -32,6 +36,18 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-3000:]
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    """The small world, generated in memory."""
+    return World.generate(SMALL)
+
+
+@pytest.fixture(scope="module")
+def default_world() -> World:
+    """The default world, generated in memory."""
+    return World.generate(WorldConfig())
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from conftest import SMALL
 
 from chatforge.chat_data import check_generation_tags, load_oasst_trees, validate_conversations
 from chatforge.configs import RecipeError
@@ -31,17 +32,6 @@ from chatforge.world.entities import RELATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 OASST = ROOT.parent / "shared" / "data" / "prefs" / "oasst_en_100_tree.jsonl"
-SMALL = WorldConfig(seed=3, num_people=40, num_heldout_people=10, num_cities=10, num_countries=3, num_organisations=8)
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World.generate(SMALL)
-
-
-@pytest.fixture(scope="module")
-def default_world() -> World:
-    return World.generate(WorldConfig())
 
 
 @pytest.fixture(scope="module")

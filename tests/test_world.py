@@ -12,22 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SMALL
 
 from chatforge.configs import RecipeError
 from chatforge.world import World, WorldConfig, split_documents, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = WorldConfig(seed=3, num_people=40, num_heldout_people=10, num_cities=10, num_countries=3, num_organisations=8)
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World.generate(SMALL)
-
-
-@pytest.fixture(scope="module")
-def default_world() -> World:
-    return World.generate(WorldConfig())
 
 
 def _fingerprint(world: World) -> str:
