@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -29,7 +28,7 @@ from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
 from chatforge.modeling import ArchitectureArguments, build_model, build_model_config, count_parameters
-from chatforge.plots import plot_loss_curves
+from chatforge.outputs import save_stage_folder
 
 logger = logging.getLogger(__name__)
 
@@ -290,10 +289,7 @@ def save_pretrained_model(
     arch: ArchitectureArguments,
 ) -> None:
     """Write the standard HF folder: weights, config, tokenizer, generation config, metrics, plot, card."""
-    out = Path(trainer.args.output_dir)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    trainer.model.generation_config = GenerationConfig(
+    generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         do_sample=True,
@@ -301,10 +297,7 @@ def save_pretrained_model(
         top_p=0.95,
         max_new_tokens=128,
     )
-    trainer.model.generation_config.save_pretrained(str(out))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    trainer.state.save_to_json(str(out / "trainer_state.json"))
-    plot_loss_curves(trainer.state.log_history, out / "loss_curve.png", title=f"pretraining ({arch.architecture})")
+    out = save_stage_folder(trainer, tokenizer, metrics, generation_config, f"pretraining ({arch.architecture})")
     write_model_card(
         out,
         stage="pretraining",

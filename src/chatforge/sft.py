@@ -20,7 +20,7 @@ from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.mixtures import load_mixture
 from chatforge.model_card import write_model_card
-from chatforge.plots import plot_loss_curves
+from chatforge.outputs import save_stage_folder
 from chatforge.pretrain import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -193,16 +193,10 @@ def save_sft_model(
     model_args: ModelConfig,
 ) -> None:
     """Write the model (or adapter), tokenizer, chat generation settings, metrics, loss plot and card."""
-    out = Path(trainer.args.output_dir)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
     generation_config = trainer.model.generation_config
     generation_config.eos_token_id = chat_stop_token_ids(tokenizer)
     generation_config.pad_token_id = tokenizer.pad_token_id
-    generation_config.save_pretrained(str(out))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    trainer.state.save_to_json(str(out / "trainer_state.json"))
-    plot_loss_curves(trainer.state.log_history, out / "loss_curve.png", title="SFT")
+    out = save_stage_folder(trainer, tokenizer, metrics, generation_config, "SFT")
     sources = [d["id"] for d in (script_args.dataset_mixture or {}).get("datasets", [])] or [script_args.dataset_name]
     write_model_card(
         out,

@@ -1,0 +1,29 @@
+"""Writing a stage's output folder: the parts every training stage shares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import GenerationConfig, PreTrainedTokenizerBase, Trainer
+
+from chatforge.plots import plot_loss_curves
+
+
+def save_stage_folder(
+    trainer: Trainer,
+    tokenizer: PreTrainedTokenizerBase,
+    metrics: dict,
+    generation_config: GenerationConfig,
+    plot_title: str,
+) -> Path:
+    """Save weights (or adapter), tokenizer, generation config, metrics.json, trainer state and loss plot."""
+    out = Path(trainer.args.output_dir)
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    trainer.model.generation_config = generation_config
+    generation_config.save_pretrained(str(out))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    trainer.state.save_to_json(str(out / "trainer_state.json"))
+    plot_loss_curves(trainer.state.log_history, out / "loss_curve.png", title=plot_title)
+    return out
