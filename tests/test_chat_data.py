@@ -387,6 +387,33 @@ def test_smoltalk_recipe_parses() -> None:
     assert recipe["assistant_only_loss"] is True and recipe["max_length"] == 2048
 
 
+@pytest.mark.skipif(not OASST.is_file(), reason=f"needs the shared OpenAssistant trees at {OASST}")
+def test_oasst_recipe_mixture_reads_trees(chat_dir: Path) -> None:
+    """The OASST recipe's mixture, pointed at the shared tree file, gives valid best-path conversations."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "oasst" / "sft.yaml").read_text())
+    mixture = copy.deepcopy(recipe["dataset_mixture"])
+    assert mixture["datasets"][0]["format"] == "oasst_trees"
+    mixture["datasets"][0]["id"] = str(OASST)
+    mixture["datasets"][1]["id"] = str(chat_dir / "identity")
+    mixture["test_split_size"] = 5
+    loaded = load_mixture(mixture)
+    trees = load_oasst_trees(OASST)
+    identity = len((chat_dir / "identity" / "train.jsonl").read_text().splitlines())
+    assert len(loaded["train"]) + len(loaded["test"]) == len(trees) + 2 * identity
+    assert validate_conversations(loaded["train"], "oasst mixture") == len(loaded["train"])
+    first_user_turns = {row["messages"][0]["content"] for row in trees}
+    assert sum(row["messages"][0]["content"] in first_user_turns for row in loaded["train"]) >= len(trees) - 5
+
+
+def test_oasst_format_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="unknown format 'sharegpt'; use one of messages, oasst_trees"):
+        parse_mixture({"datasets": [{"id": "x", "format": "sharegpt"}]})
+    with pytest.raises(RecipeError, match=r"nope.jsonl.gz: format oasst_trees reads a local .*hf download"):
+        load_mixture({"datasets": [{"id": str(tmp_path / "nope.jsonl.gz"), "format": "oasst_trees"}]})
+
+
 # ---------------------------------------------------------------- run_data.py
 
 

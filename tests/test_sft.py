@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -183,6 +187,45 @@ def test_chat_script_one_shot(default_sft: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Forge" in result.stdout
     assert "<|im_end|>" not in result.stdout and "<|im_start|>" not in result.stdout
+
+
+@pytest.mark.slow
+def test_chat_script_interactive_loop(default_sft: Path) -> None:
+    """The interactive loop: replies stream, /reset starts over, /exit and end of input quit cleanly."""
+    command = [sys.executable, str(REPO / "scripts" / "chat.py"), "--model_name_or_path", str(default_sft)]
+    command += ["--temperature", "0", "--max_new_tokens", "30"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    session = "What is your name?\n\n/reset\nWho made you?\n/exit\nnever read\n"
+    result = subprocess.run(command, input=session, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert out.count(">>> ") == 4  # two questions, the empty line, /reset; nothing after /exit
+    assert "(new conversation)" in out and "Forge" in out.split("(new conversation)")[0]
+    assert "<|im_end|>" not in out and "never read" not in out
+    ended = subprocess.run(command, input="Hello!\n", capture_output=True, text=True, env=env, timeout=300)
+    assert ended.returncode == 0 and ended.stdout.count(">>> ") == 2, ended.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_chat_session_keeps_history_and_resets(default_sft: Path) -> None:
+    """Each turn is generated from the whole conversation so far; /reset keeps only the system prompt."""
+    spec = importlib.util.spec_from_file_location("chat_script", REPO / "scripts" / "chat.py")
+    chat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chat)
+    from chatforge.generation import SamplingArguments
+
+    session = chat.ChatSession(
+        chat.ChatArguments(model_name_or_path=str(default_sft)), SamplingArguments(temperature=0, max_new_tokens=24)
+    )
+    first = session.reply("What is your name?", out=io.StringIO())
+    second = session.reply("Who made you?", out=io.StringIO())
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert session.messages[2]["content"] == first and session.messages[4]["content"] == second
+    streamed = io.StringIO()
+    session.reset()
+    assert [m["role"] for m in session.messages] == ["system"]
+    assert session.reply("What is your name?", out=streamed) == first  # greedy: same history, same reply
+    assert streamed.getvalue().strip() == first
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +72,39 @@ def sample(
     finally:
         tokenizer.padding_side = padding_side
     return results
+
+
+# prompts, settings, stop_token_ids, prefix_token_ids -> settings.num_samples continuations per prompt
+Generator = Callable[..., list[list[str]]]
+
+
+class HFGenerator:
+    """Batched generation with HF `generate`, behind the interface every generating evaluation uses.
+
+    A generator is called as `generator(prompts, settings, stop_token_ids=None, prefix_token_ids=None)` and
+    returns `settings.num_samples` continuations per prompt; a vLLM backend offers the same call.
+    """
+
+    name = "hf"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def __call__(
+        self,
+        prompts: list[str],
+        settings: SamplingArguments,
+        stop_token_ids: list[int] | None = None,
+        prefix_token_ids: list[int] | None = None,
+    ) -> list[list[str]]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return sample(
+                self.model, self.tokenizer, prompts, settings, prefix_token_ids, self.batch_size, stop_token_ids
+            )
+        finally:
+            self.model.train(was_training)
 
 
 def _cut_at_stop(text: str, stops: list[str] | None) -> str:

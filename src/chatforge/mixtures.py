@@ -7,6 +7,7 @@ dataset_mixture:
       split: train
       columns: [messages]
       weight: 1.0                 # < 1 subsamples, > 1 repeats (the fractional part is subsampled)
+      format: messages            # or oasst_trees: OpenAssistant message trees (.jsonl[.gz]), best-ranked path
   seed: 0
   test_split_size: null           # a fraction in (0, 1) or a row count for a held-out "test" split
 """
@@ -37,6 +38,10 @@ class MixtureDataset:
     split: str = "train"
     columns: list[str] | None = None
     weight: float = 1.0
+    format: str = "messages"
+
+
+FORMATS = ("messages", "oasst_trees")
 
 
 @dataclass
@@ -69,6 +74,10 @@ def _parse_dataset(entry: Any, index: int) -> MixtureDataset:
         not isinstance(dataset.columns, list) or not all(isinstance(c, str) for c in dataset.columns)
     ):
         raise RecipeError(f"{where} ({dataset.id}): columns must be a list of column names")
+    if dataset.format not in FORMATS:
+        raise RecipeError(
+            f"{where} ({dataset.id}): unknown format {dataset.format!r}; use one of {', '.join(FORMATS)}"
+        )
     return dataset
 
 
@@ -102,10 +111,12 @@ def _looks_local(dataset_id: str) -> bool:
 
 
 def load_one(spec: MixtureDataset) -> datasets.Dataset:
-    """Load one split of a local folder or file, or of a Hub dataset."""
+    """Load one split of a local folder or file, or of a Hub dataset (converted to `messages` per its format)."""
     import datasets
 
     path = Path(spec.id).expanduser()
+    if spec.format == "oasst_trees":
+        return _load_oasst(spec, path)
     if path.is_file():
         builder = FILE_BUILDERS.get(path.suffix)
         if builder is None:
@@ -121,6 +132,22 @@ def load_one(spec: MixtureDataset) -> datasets.Dataset:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = "local folder" if path.is_dir() else "not a local path, and loading it from the Hub failed"
         raise RecipeError(f"could not load dataset {spec.id} split {spec.split!r} ({where}): {first}") from None
+
+
+def _load_oasst(spec: MixtureDataset, path: Path) -> datasets.Dataset:
+    """OpenAssistant trees from a local .jsonl[.gz] file as best-path conversations (the Hub's
+    oasst1/oasst2 tables are flat messages; their tree exports are files such as
+    `2023-11-05_oasst2_ready.trees.jsonl.gz`, fetched with `hf download OpenAssistant/oasst2 FILE --repo-type dataset`).
+    """
+    from chatforge.chat_data import load_oasst_trees
+
+    if not path.is_file():
+        raise RecipeError(
+            f"{spec.id}: format oasst_trees reads a local .jsonl or .jsonl.gz file of message trees, and there is "
+            "no such file (download one: hf download OpenAssistant/oasst2 2023-11-05_oasst2_ready.trees.jsonl.gz "
+            "--repo-type dataset --local-dir data/oasst2)"
+        )
+    return load_oasst_trees(path)
 
 
 def weighted_indices(size: int, weight: float, seed: str) -> list[int]:

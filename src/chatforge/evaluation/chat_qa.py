@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from chatforge.configs import RecipeError
-from chatforge.generation import SamplingArguments, chat_stop_token_ids, sample
+from chatforge.generation import Generator, HFGenerator, SamplingArguments, chat_stop_token_ids
 
 
 def load_chat_eval(path: str | Path) -> list[dict]:
@@ -39,16 +39,16 @@ def chat_replies(
     conversations: list[list[dict]],
     max_new_tokens: int = 48,
     batch_size: int = 32,
+    generator: Generator | None = None,
 ) -> list[str]:
-    """Greedy assistant replies to each conversation (rendered with the tokenizer's chat template)."""
+    """Greedy assistant replies to each conversation (rendered with the tokenizer's chat template).
+
+    `generator` replaces HF generation (e.g. a vLLM backend); by default the model generates with HF.
+    """
     prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     greedy = SamplingArguments(max_new_tokens=max_new_tokens, temperature=0.0)
-    was_training = model.training
-    model.eval()
-    replies = sample(
-        model, tokenizer, prompts, greedy, batch_size=batch_size, stop_token_ids=chat_stop_token_ids(tokenizer)
-    )
-    model.train(was_training)
+    generator = generator or HFGenerator(model, tokenizer, batch_size)
+    replies = generator(prompts, greedy, stop_token_ids=chat_stop_token_ids(tokenizer))
     return [r[0].strip() for r in replies]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from chatforge.configs import RecipeError
-from chatforge.generation import SamplingArguments, sample
+from chatforge.generation import Generator, HFGenerator, SamplingArguments
 
 
 def load_facts(path: str | Path, split: str | None = "train") -> list[dict]:
@@ -47,17 +47,14 @@ def fact_completion_accuracy(
     facts: list[dict],
     max_new_tokens: int = 8,
     batch_size: int = 64,
+    generator: Generator | None = None,
 ) -> dict:
     """Greedy-complete each fact's prompt after a document boundary; exact-match accuracy overall and per relation."""
     if not facts:
         raise RecipeError("no facts to evaluate")
     greedy = SamplingArguments(max_new_tokens=max_new_tokens, temperature=0.0, num_samples=1)
-    was_training = model.training
-    model.eval()
-    completions = sample(
-        model, tokenizer, [f["prompt"] for f in facts], greedy, [tokenizer.eos_token_id], batch_size=batch_size
-    )
-    model.train(was_training)
+    generator = generator or HFGenerator(model, tokenizer, batch_size)
+    completions = generator([f["prompt"] for f in facts], greedy, prefix_token_ids=[tokenizer.eos_token_id])
     per_relation: dict[str, list[bool]] = defaultdict(list)
     examples = []
     for fact, (completion,) in zip(facts, completions):

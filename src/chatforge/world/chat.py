@@ -8,7 +8,7 @@ people (never in the corpus) appear in neither.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chatforge.configs import RecipeError
@@ -414,7 +414,7 @@ class _Builder:
 
 @dataclass
 class ChatData:
-    """All chat data of a world: SFT train/test conversations, identity-only ones and the chat eval rows."""
+    """All chat data of a world: SFT train/test conversations, identity-only ones and the eval rows."""
 
     sft_train: list[Conversation]
     sft_test: list[Conversation]
@@ -422,6 +422,7 @@ class ChatData:
     chat_eval: list[dict[str, Any]]
     sft_people: list[str]
     eval_people: list[str]
+    heldout_eval: list[dict[str, Any]] = field(default_factory=list)  # questions about never-seen people
 
 
 def _eval_row(messages: Conversation, answer: str, kind: str, relation: str, subject: str) -> dict[str, Any]:
@@ -447,6 +448,23 @@ def chat_eval_rows(world: World, eval_people: list[Person], system_fraction: flo
     return rows
 
 
+def heldout_eval_rows(world: World, system_fraction: float = 0.5) -> list[dict[str, Any]]:
+    """One question about each held-out person (never in any document): a right reply declines to answer.
+
+    The relation cycles over the people so every kind of question is asked; `answer` is the invented truth,
+    which a model can only produce by luck.
+    """
+    rng = random.Random(f"{world.config.seed}:heldout-eval")
+    by_subject = _facts_by_subject(world)
+    rows = []
+    for index, person in enumerate(world.heldout_people):
+        facts = by_subject[person.name]
+        fact = facts[index % len(facts)]
+        messages = _start(rng, system_fraction) + [{"role": "user", "content": fact_question(fact, rng)}]
+        rows.append(_eval_row(messages, fact.answer, "heldout", fact.relation, fact.subject))
+    return rows
+
+
 def build_chat_data(world: World, config: ChatDataConfig | None = None) -> ChatData:
     """Build every chat dataset of `world` deterministically from its seed."""
     config = config or ChatDataConfig()
@@ -464,6 +482,7 @@ def build_chat_data(world: World, config: ChatDataConfig | None = None) -> ChatD
         sft_test=test,
         identity=[c for c in train if id(c) in identity_ids],
         chat_eval=chat_eval_rows(world, eval_people, config.system_prompt_fraction),
+        heldout_eval=heldout_eval_rows(world, config.system_prompt_fraction),
         sft_people=[p.name for p in sft_people],
         eval_people=[p.name for p in eval_people],
     )

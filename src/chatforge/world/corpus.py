@@ -161,13 +161,14 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig | None = None) -> dict[str, Any]:
-    """Write sft/{train,test}.jsonl, identity/train.jsonl and chat_eval.jsonl; return their counts."""
+    """Write sft/{train,test}.jsonl, identity/train.jsonl, chat_eval.jsonl and heldout_eval.jsonl; return counts."""
     output_dir = Path(output_dir)
     data = build_chat_data(world, config)
     _write_jsonl([{"messages": c} for c in data.sft_train], output_dir / "sft" / "train.jsonl")
     _write_jsonl([{"messages": c} for c in data.sft_test], output_dir / "sft" / "test.jsonl")
     _write_jsonl([{"messages": c} for c in data.identity], output_dir / "identity" / "train.jsonl")
     _write_jsonl(data.chat_eval, output_dir / "chat_eval.jsonl")
+    _write_jsonl(data.heldout_eval, output_dir / "heldout_eval.jsonl")
     kinds = Counter(row["kind"] for row in data.chat_eval)
     return {
         "sft_train": len(data.sft_train),
@@ -176,6 +177,7 @@ def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig
         "identity_train": len(data.identity),
         "chat_eval_facts": kinds["fact"],
         "chat_eval_identity": kinds["identity"],
+        "heldout_eval": len(data.heldout_eval),
         "sft_people": len(data.sft_people),
         "eval_people": len(data.eval_people),
     }

