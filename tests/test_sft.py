@@ -199,7 +199,7 @@ def test_chat_script_interactive_loop(default_sft: Path) -> None:
     result = subprocess.run(command, input=session, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert out.count(">>> ") == 4  # two questions, the empty line, /reset; nothing after /exit
+    assert out.count(">>> ") == 5  # a prompt for each line read: two questions, the empty line, /reset, /exit
     assert "(new conversation)" in out and "Forge" in out.split("(new conversation)")[0]
     assert "<|im_end|>" not in out and "never read" not in out
     ended = subprocess.run(command, input="Hello!\n", capture_output=True, text=True, env=env, timeout=300)

@@ -119,6 +119,8 @@ class Pipeline:
         self.extra_args = extra_args or {}
         self.env = env or {}
         present = [s for s in STAGES if (self.recipes_dir / s.recipe).is_file()]
+        names = {s.name for s in present}  # an evaluation runs only when the stage it scores is there
+        present = [s for s in present if s.evaluates is None or s.evaluates in names]
         if not present:
             names = ", ".join(sorted({s.recipe for s in STAGES}))
             raise RecipeError(f"{self.recipes_dir}: no stage recipes found (expected some of {names})")
@@ -221,8 +223,7 @@ class Pipeline:
                     on_stage(run)
                 continue
             stale.add(run.stage.name)
-            extra = self._prepare(run)
-            command = run.command + extra
+            command = run.command = run.command + self._prepare(run)
             _write_stamp(run.output, state="started", fingerprint=run.fingerprint, command=command)
             if on_stage:
                 on_stage(run)

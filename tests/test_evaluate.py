@@ -1,0 +1,189 @@
+"""Evaluation: bits per byte, hallucination scoring, the task registry, and scripts/evaluate.py on real models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, one_line_error, run_script
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from chatforge.configs import RecipeError
+from chatforge.evaluation.bits_per_byte import bits_per_byte
+from chatforge.evaluation.hallucination import declines, hallucination_metrics
+from chatforge.evaluation.tasks import parse_tasks, world_fact_choices
+from chatforge.world import World, WorldConfig
+
+TEXTS = [
+    "Talia Morvane was born in Lorvik in 1961.",
+    "Gline Barnlow works as a plumber for Brightwell Foods, a company in Stoumford. " * 6,
+    "ok",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer_dir: Path) -> tuple:
+    """A tiny randomly initialised Qwen3 with the default tokenizer and a short context (32 positions)."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model(
+        "qwen3", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=32,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval(), tokenizer
+
+
+def _reference_nats(model, tokenizer, text: str) -> float:
+    """Negative log-likelihood of a short text after the eos boundary, computed in one plain forward pass."""
+    ids = torch.tensor([[tokenizer.eos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+
+
+def test_bits_per_byte_counts_every_token_once_and_matches_a_direct_computation(tiny_model) -> None:
+    model, tokenizer = tiny_model
+    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in TEXTS)
+    assert tokens > 32  # the long text needs several windows of the 32-position model
+    one = bits_per_byte(model, tokenizer, TEXTS, batch_size=1, progress=False)
+    many = bits_per_byte(model, tokenizer, TEXTS, batch_size=8, progress=False)
+    assert one["num_tokens"] == many["num_tokens"] == tokens
+    assert one["num_bytes"] == sum(len(t.encode()) for t in TEXTS)
+    assert math.isclose(one["bits_per_byte"], many["bits_per_byte"], rel_tol=1e-4)  # padding changes nothing
+    short = [TEXTS[0], TEXTS[2]]
+    direct = sum(_reference_nats(model, tokenizer, t) for t in short) / math.log(2) / sum(len(t) for t in short)
+    assert math.isclose(bits_per_byte(model, tokenizer, short, progress=False)["bits_per_byte"], direct, rel_tol=1e-4)
+    # a random model spreads probability over the whole vocabulary: about log2(vocab) bits per token
+    uniform = math.log2(len(tokenizer)) * tokens / one["num_bytes"]
+    assert 0.7 * uniform < one["bits_per_byte"] < 1.3 * uniform
+    with pytest.raises(RecipeError, match="no non-empty texts"):
+        bits_per_byte(model, tokenizer, ["", ""], progress=False)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "I don't know who Pella Quist is.",
+        "I do not know.",
+        "I'm not sure about that person.",
+        "Sorry, I have no information about Pella Quist.",
+        "I've never heard of her.",
+        "I don\u2019t know.",
+        "I couldn't find anything about him.",
+        "She is not in my training documents.",
+    ],
+)
+def test_declines(reply: str) -> None:
+    assert declines(reply)
+
+
+@pytest.mark.parametrize(
+    "reply", ["Pella Quist was born in Lorvik.", "She works as a baker.", "I know! She studied law.", ""]
+)
+def test_assertions_are_not_declines(reply: str) -> None:
+    assert not declines(reply)
+
+
+def test_hallucination_metrics_from_known_replies(tiny_model) -> None:
+    """Scored through the chat template with a generator that answers by rule (a real function, no mock)."""
+    model, tokenizer = tiny_model
+    heldout = [
+        {"messages": [{"role": "user", "content": f"Where was Nobody{i} born?"}], "answer": "X"} for i in range(4)
+    ]
+    known = [{"messages": [{"role": "user", "content": "Where was Talia born?"}], "answer": "Lorvik"}] * 2
+    prompts_seen = []
+
+    def generator(prompts, settings, stop_token_ids=None, prefix_token_ids=None):
+        prompts_seen.extend(prompts)
+        replies = {0: "I don't know.", 1: "She was born in Lorvik.", 2: "I'm not sure.", 3: "In Stoumford."}
+        return [[replies[i] if i < 4 else ("Lorvik." if i == 4 else "I don't know.")] for i in range(len(prompts))]
+
+    result = hallucination_metrics(model, tokenizer, heldout, known, generator=generator)
+    assert result["hallucination_rate"] == 0.5 and result["num_heldout"] == 4
+    assert result["known_accuracy"] == 0.5 and result["known_decline_rate"] == 0.5
+    assert all(p.startswith("<|im_start|>") and p.endswith("<|im_start|>assistant\n") for p in prompts_seen)
+
+
+def test_world_fact_choices() -> None:
+    facts = World.generate(WorldConfig(seed=3, num_people=40, num_heldout_people=10)).facts_table()
+    facts = [f for f in facts if f["split"] == "train"]
+    items = world_fact_choices(facts, num_choices=4, seed=0)
+    assert len(items) > 0.9 * len(facts)
+    by_relation: dict[str, set[str]] = {}
+    for fact in facts:
+        by_relation.setdefault(fact["relation"], set()).add(" " + fact["answer"])
+    for item in items:
+        assert len(set(item.choices)) == 4 and set(item.choices) <= by_relation[item.subject]
+    truth = {f["prompt"]: " " + f["answer"] for f in facts}
+    assert all(item.choices[item.label] == truth[item.context] for item in items)
+    labels = [item.label for item in items]
+    assert len(set(labels)) == 4 and max(labels.count(i) for i in range(4)) < 0.4 * len(labels)  # shuffled
+    assert [i.choices for i in world_fact_choices(facts, seed=0)] == [i.choices for i in items]
+
+
+def test_task_recipe_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="task x: unknown type 'perplexity'; available: bits_per_byte"):
+        parse_tasks({"x": {"type": "perplexity"}})
+    with pytest.raises(RecipeError, match=r"task mc \(multiple_choice\): unknown option 'sorce'; valid options"):
+        parse_tasks({"mc": {"type": "multiple_choice", "sorce": "x"}})
+    with pytest.raises(RecipeError, match="task mc: unknown format 'piqa'"):
+        parse_tasks({"mc": {"type": "multiple_choice", "format": "piqa", "source": "a/b"}})
+    with pytest.raises(RecipeError, match=f"task chat: file {tmp_path}/nope.jsonl not found"):
+        parse_tasks({"chat": {"type": "chat_qa", "file": str(tmp_path / "nope.jsonl")}})
+    with pytest.raises(RecipeError, match="limit must be a positive integer"):
+        parse_tasks({"bpb": {"type": "bits_per_byte", "dataset": str(tmp_path), "limit": 0}})
+    with pytest.raises(RecipeError, match="tasks must be a non-empty mapping"):
+        parse_tasks({})
+    assert parse_tasks({"bits_per_byte": {"dataset": str(tmp_path)}})["bits_per_byte"].type == "bits_per_byte"
+
+
+def test_evaluate_script_bad_input_before_loading(tmp_path: Path) -> None:
+    recipe = str(REPO / "recipes" / "eval.yaml")
+    tasks = json.dumps({"chat": {"type": "chat_qa", "file": str(REPO / "README.md")}})
+    missing = run_script("evaluate.py", recipe, "--model_name_or_path", str(tmp_path / "none"), "--tasks", tasks)
+    assert f"model not found: {tmp_path}/none" in one_line_error(missing)
+    typo = run_script("evaluate.py", recipe, "--tasks", tasks, "--only", "chatt")
+    assert "only: no task named 'chatt'; the recipe has chat" in one_line_error(typo)
+    backend = run_script("evaluate.py", recipe, "--backend", "tgi")
+    assert "backend must be one of auto, hf, vllm" in one_line_error(backend)
+
+
+def _eval_tasks(world_dir: Path) -> dict:
+    """recipes/eval.yaml's tasks, pointed at the test world."""
+    import yaml
+
+    tasks = yaml.safe_load((REPO / "recipes" / "eval.yaml").read_text())["tasks"]
+    for options in tasks.values():
+        for key, value in options.items():
+            if isinstance(value, str) and value.startswith("data/world"):
+                options[key] = str(world_dir / value.removeprefix("data/world/"))
+    return tasks
+
+
+@pytest.mark.slow
+def test_evaluate_default_pretrain(default_pretrain: Path, world_dir: Path, tmp_path: Path) -> None:
+    """The default recipe's tasks on the default base model: it knows its facts, and the metrics agree with
+    what pretraining measured on its own."""
+    result = run_script(
+        "evaluate.py", str(REPO / "recipes" / "eval.yaml"), "--model_name_or_path", str(default_pretrain),
+        "--tasks", json.dumps(_eval_tasks(world_dir)), "--output_dir", str(tmp_path), "--backend", "hf",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    tasks = results["tasks"]
+    assert set(tasks) == {"world_bpb", "world_facts", "world_facts_mc", "chat", "hallucination"}
+    trained = json.loads((default_pretrain / "metrics.json").read_text())
+    # per-document bits/byte is a little higher than the packed eval (less context before each document)
+    assert (
+        trained["eval_bits_per_byte"] * 0.8 < tasks["world_bpb"]["bits_per_byte"] < trained["eval_bits_per_byte"] * 1.6
+    )
+    assert abs(tasks["world_facts"]["accuracy"] - trained["fact_accuracy"]) < 0.08  # a 500-fact sample
+    mc = tasks["world_facts_mc"]
+    assert mc["baseline"] == 0.25 and mc["accuracy"] > 0.6  # a model whose knowledge we measured picks the truth
+    assert mc["accuracy"] >= tasks["world_facts"]["accuracy"] - 0.05  # recognising is easier than recalling
+    assert 0 <= tasks["hallucination"]["hallucination_rate"] <= 1 and "known_accuracy" in tasks["hallucination"]
+    assert "world_facts_mc: " not in result.stdout and "world_facts_mc (" in result.stdout

@@ -1,0 +1,147 @@
+"""scripts/pipeline.py: stages in order, up-to-date stages skipped, changed ones rerun, interrupted ones resumed,
+and a report card that shows what each stage produced."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from chatforge.configs import RecipeError
+from chatforge.pipeline import STAMP, Pipeline
+
+
+def _write_recipes(root: Path) -> Path:
+    """Tiny versions of the default recipes, writing everything under `root`."""
+    recipes = root / "recipes"
+    recipes.mkdir()
+    world, out = root / "data" / "world", root / "outputs"
+    (recipes / "data.yaml").write_text(
+        f"output_dir: {world}\nnum_people: 30\nnum_heldout_people: 6\nnum_cities: 8\nnum_countries: 3\n"
+        "num_organisations: 6\nsft_identity_conversations: 20\n"
+    )
+    (recipes / "tokenizer.yaml").write_text(
+        f"dataset_name: {world}/corpus\nvocab_size: 400\noutput_dir: {out}/tokenizer\n"
+        f"chat_template: {REPO}/chat_templates/chatml.jinja\n"
+    )
+    (recipes / "pretrain.yaml").write_text(
+        f"dataset_name: {world}/corpus\ntokenizer_name_or_path: {out}/tokenizer\nfacts_file: {world}/facts.jsonl\n"
+        "block_size: 64\nhidden_size: 32\nnum_hidden_layers: 1\nnum_attention_heads: 2\nnum_key_value_heads: 1\n"
+        "intermediate_size: 64\nmax_position_embeddings: 128\nmax_steps: 12\nper_device_train_batch_size: 8\n"
+        "learning_rate: 3.0e-3\nlogging_steps: 4\neval_strategy: steps\neval_steps: 6\nsave_strategy: steps\n"
+        f"save_steps: 6\nsave_total_limit: 2\nreport_to: none\noutput_dir: {out}/pretrain\n"
+    )
+    tasks = {
+        "world_bpb": {"type": "bits_per_byte", "dataset": f"{world}/corpus", "split": "validation", "limit": 20},
+        "world_facts_mc": {"type": "multiple_choice", "source": f"{world}/facts.jsonl", "limit": 40},
+        "hallucination": {"type": "hallucination", "heldout_file": f"{world}/heldout_eval.jsonl", "limit": 4,
+                          "known_file": f"{world}/chat_eval.jsonl", "known_limit": 4, "max_new_tokens": 8},
+    }  # fmt: skip
+    (recipes / "eval.yaml").write_text(json.dumps({"tasks": tasks, "batch_size": 16, "progress": False}))
+    return recipes
+
+
+def _pipeline(recipes: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "scripts" / "pipeline.py"), str(recipes), "--no_samples", *args]
+    command += ["--report", str(recipes.parent / "outputs" / "report.md")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+
+
+def _statuses(stdout: str) -> dict[str, str]:
+    """Each stage's last reported status: 'up to date', 'ran', 'resumed'."""
+    statuses = {}
+    for line in stdout.splitlines():
+        if line.startswith("=== ") and ":" in line:
+            name, rest = line[4:].split(":", 1)
+            rest = rest.strip()
+            if rest.startswith("up to date"):
+                statuses[name] = "up to date"
+            elif rest.startswith(("ran in", "resumed in")):
+                statuses[name] = rest.split(" in ")[0]
+    return statuses
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    recipes = _write_recipes(tmp_path_factory.mktemp("pipeline"))
+    return recipes, _pipeline(recipes)
+
+
+def test_pipeline_runs_every_stage_and_writes_the_report(first_run) -> None:
+    recipes, result = first_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _statuses(result.stdout) == {
+        "data": "ran", "tokenizer": "ran", "pretrain": "ran", "eval_pretrain": "ran",
+    }  # fmt: skip
+    out = recipes.parent / "outputs"
+    stamp = json.loads((out / "pretrain" / STAMP).read_text())
+    assert stamp["state"] == "finished" and stamp["seconds"] > 0
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "eval" / "pretrain" / "eval_results.json").read_text())
+    bpb = results["tasks"]["world_bpb"]["bits_per_byte"]
+    assert f"| world_bpb/bits_per_byte ↓ | {bpb:.3f} |" in report  # the card shows the measured number
+    assert "| pretrain | ran |" in report and "transformers" in report and "cpu" in report
+    assert (out / "report_card.png").stat().st_size > 5000
+    assert "![pretrain loss](pretrain/loss_curve.png)" in report and (out / "pretrain" / "loss_curve.png").is_file()
+
+
+def test_pipeline_skips_up_to_date_and_reruns_what_changed(first_run) -> None:
+    recipes, first = first_run
+    assert first.returncode == 0
+    out = recipes.parent / "outputs"
+    again = _pipeline(recipes)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(_statuses(again.stdout).values()) == {"up to date"}
+    assert "(recorded time)" in (out / "report.md").read_text()
+
+    weights = (out / "pretrain" / "model.safetensors").read_bytes()
+    recipe = recipes / "pretrain.yaml"
+    recipe.write_text(recipe.read_text().replace("learning_rate: 3.0e-3", "learning_rate: 1.0e-3"))
+    plan = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "pipeline.py"), str(recipes), "--dry_run"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert plan.stdout.split() == "data: up to date tokenizer: up to date pretrain: run eval_pretrain: run".split()
+    changed = _pipeline(recipes)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert _statuses(changed.stdout) == {
+        "data": "up to date", "tokenizer": "up to date", "pretrain": "ran", "eval_pretrain": "ran",
+    }  # fmt: skip
+    assert (out / "pretrain" / "model.safetensors").read_bytes() != weights
+    assert (out / "pretrain.previous" / "model.safetensors").read_bytes() == weights  # moved aside, not lost
+
+
+def test_pipeline_resumes_an_interrupted_stage(first_run) -> None:
+    recipes, first = first_run
+    assert first.returncode == 0
+    out = recipes.parent / "outputs" / "pretrain"
+    stamp = json.loads((out / STAMP).read_text())
+    assert any(out.glob("checkpoint-*"))
+    (out / STAMP).write_text(json.dumps({"state": "started", "fingerprint": stamp["fingerprint"]}))
+    result = _pipeline(recipes, "--stages", "data,tokenizer,pretrain")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _statuses(result.stdout)["pretrain"] == "resumed"
+    assert "--resume_from_checkpoint last" in result.stdout
+    assert json.loads((out / STAMP).read_text())["state"] == "finished"
+
+
+def test_pipeline_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="recipes folder not found"):
+        Pipeline(tmp_path / "nope")
+    with pytest.raises(RecipeError, match="no stage recipes found"):
+        Pipeline(tmp_path)
+    (tmp_path / "data.yaml").write_text("num_people: 3\n")
+    with pytest.raises(RecipeError, match="data.yaml: needs an output_dir"):
+        Pipeline(tmp_path)
+    (tmp_path / "data.yaml").write_text(f"output_dir: {tmp_path}/w\n")
+    with pytest.raises(RecipeError, match="no stage 'pretrian' in .*; stages there: data"):
+        Pipeline(tmp_path, stages=["pretrian"])
+    (tmp_path / "tokenizer.yaml").write_text("- a list\n")
+    with pytest.raises(RecipeError, match="tokenizer.yaml: expected a YAML mapping"):
+        Pipeline(tmp_path)
