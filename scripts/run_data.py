@@ -9,6 +9,8 @@ Writes OUTPUT_DIR/corpus/{train,validation}.parquet (columns text, id, url; load
 and OUTPUT_DIR/world.json (every entity, for later stages). Unless `--chat_data false`, it also writes the
 chat data: OUTPUT_DIR/sft/{train,test}.jsonl (`{"messages": [...]}` rows for SFT), OUTPUT_DIR/identity/train.jsonl
 (the assistant's identity conversations alone) and OUTPUT_DIR/chat_eval.jsonl (questions with expected answers).
+With `math_problems > 0` (the default) it writes arithmetic word problems about the world's people to
+OUTPUT_DIR/math/{train,test}.jsonl (question, answer, solution, difficulty; no question in both files).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 
 from chatforge.configs import exit_on_user_error, parse_recipe
-from chatforge.world import World, write_chat_data, write_corpus
+from chatforge.world import World, write_chat_data, write_corpus, write_math_data
 from chatforge.world.corpus import DataScriptArguments
 
 
@@ -24,12 +26,15 @@ def main(args: DataScriptArguments) -> dict:
     """Generate the world, write its files and print a summary table."""
     config = args.world_config()  # validates before any work
     chat_config = args.chat_config() if args.chat_data else None
+    math_config = args.math_config()
     start = time.perf_counter()
     world = World.generate(config)
     world.render(progress=True)
     summary = write_corpus(world, args.output_dir)
     if chat_config is not None:
         summary["chat"] = write_chat_data(world, args.output_dir, chat_config)
+    if math_config is not None:
+        summary["math"] = write_math_data(world, args.output_dir, math_config, args.math_test_fraction)
     elapsed = time.perf_counter() - start
     rows = [
         (
@@ -51,6 +56,10 @@ def main(args: DataScriptArguments) -> dict:
             ("identity conversations (train)", f"{chat['identity_train']:,}"),
             ("chat eval questions (fact / identity)", f"{chat['chat_eval_facts']:,} / {chat['chat_eval_identity']:,}"),
         ]
+    if "math" in summary:
+        rows.append(
+            ("math problems (train / test)", f"{summary['math']['math_train']:,} / {summary['math']['math_test']:,}")
+        )
     rows.append(("time", f"{elapsed:.1f}s"))
     width = max(len(name) for name, _ in rows)
     print(f"synthetic world, seed {config.seed}")
@@ -59,6 +68,8 @@ def main(args: DataScriptArguments) -> dict:
     print(f"wrote {args.output_dir}/corpus/{{train,validation}}.parquet, facts.jsonl, world.json")
     if "chat" in summary:
         print(f"wrote {args.output_dir}/sft/{{train,test}}.jsonl, identity/train.jsonl, chat_eval.jsonl")
+    if "math" in summary:
+        print(f"wrote {args.output_dir}/math/{{train,test}}.jsonl")
     return summary
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, one_line_error, run_script
+from conftest import REPO, SHARED_DATA, one_line_error, run_script
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from chatforge.configs import RecipeError
 from chatforge.evaluation.bits_per_byte import bits_per_byte
 from chatforge.evaluation.hallucination import declines, hallucination_metrics
-from chatforge.evaluation.tasks import parse_tasks, world_fact_choices
-from chatforge.world import World, WorldConfig
+from chatforge.evaluation.tasks import EvalContext, parse_tasks, run_task, world_fact_choices
+from chatforge.math_data import load_gsm8k
+from chatforge.world import MathConfig, World, WorldConfig, generate_math_problems
 
 TEXTS = [
     "Talia Morvane was born in Lorvik in 1961.",
@@ -125,6 +126,45 @@ def test_world_fact_choices() -> None:
     assert [i.choices for i in world_fact_choices(facts, seed=0)] == [i.choices for i in items]
 
 
+def _solver(gold: dict[str, str], correct_samples):
+    """A generator that finds the question in each prompt and gives the gold answer in its first
+    `correct_samples(i)` samples (a wrong one in the others), written the way models write answers."""
+    calls = []
+
+    def generate(prompts, settings, stop_token_ids=None, prefix_token_ids=None):
+        calls.append(settings)
+        out = []
+        for i, prompt in enumerate(prompts):
+            answer = next(a for q, a in gold.items() if q in prompt)
+            right = [f"So the answer is {int(answer):,}." if j % 2 else f"#### {answer}" for j in range(4)]
+            wrong = f"The answer is {int(answer) + 1}."
+            out.append([right[j] if j < correct_samples(i) else wrong for j in range(settings.num_samples)])
+        return out
+
+    return generate, calls
+
+
+def test_math_task_scores_world_and_gsm8k_problems(tiny_model, tmp_path: Path) -> None:
+    model, tokenizer = tiny_model
+    rows = generate_math_problems(MathConfig(seed=0, num_problems=20))
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps({"question": "no answer"}) + "\n")
+    specs = parse_tasks({"world_math": {"type": "math", "source": str(path), "num_samples": 4, "k_values": [1, 4]}})
+    generator, calls = _solver({r["question"]: str(r["answer"]) for r in rows}, lambda i: 2 if i % 2 == 0 else 0)
+    result = run_task("world_math", specs["world_math"], EvalContext(model, tokenizer, generator, progress=False))
+    assert result["num_problems"] == 20 and result["skipped"] == 1
+    assert result["pass@1"] == pytest.approx(0.5 * 2 / 4) and result["pass@4"] == pytest.approx(0.5)
+    assert calls[0].num_samples == 4 and calls[0].temperature > 0
+    assert set(result["per_difficulty"]) == {"1", "2", "3", "4"}
+
+    gsm8k = SHARED_DATA / "math" / "gsm8k_train.jsonl"
+    problems = load_gsm8k(gsm8k).rows
+    specs = parse_tasks({"gsm8k": {"type": "math", "format": "gsm8k", "source": str(gsm8k), "limit": 12}})
+    generator, calls = _solver({r["question"]: r["answer"] for r in problems}, lambda i: 1)
+    result = run_task("gsm8k", specs["gsm8k"], EvalContext(model, tokenizer, generator, progress=False))
+    assert result["accuracy"] == 1.0 and result["num_problems"] == 12 and calls[0].temperature == 0
+
+
 def test_task_recipe_errors(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="task x: unknown type 'perplexity'; available: bits_per_byte"):
         parse_tasks({"x": {"type": "perplexity"}})
@@ -139,6 +179,14 @@ def test_task_recipe_errors(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="tasks must be a non-empty mapping"):
         parse_tasks({})
     assert parse_tasks({"bits_per_byte": {"dataset": str(tmp_path)}})["bits_per_byte"].type == "bits_per_byte"
+    with pytest.raises(RecipeError, match="task m: unknown format 'math500'; use one of world, gsm8k"):
+        parse_tasks({"m": {"type": "math", "format": "math500", "source": "a/b"}})
+    with pytest.raises(RecipeError, match=r"task m: source .*nope.jsonl not found; `python scripts/run_data.py"):
+        parse_tasks({"m": {"type": "math", "source": str(tmp_path / "nope.jsonl")}})
+    with pytest.raises(RecipeError, match=r"task m: num_samples must be >= 1 and each of k_values in 1..num_samples"):
+        parse_tasks({"m": {"type": "math", "source": str(tmp_path), "num_samples": 2, "k_values": [4]}})
+    with pytest.raises(RecipeError, match="task m: num_samples > 1 needs temperature > 0"):
+        parse_tasks({"m": {"type": "math", "source": str(tmp_path), "num_samples": 2, "temperature": 0}})
 
 
 def test_evaluate_script_bad_input_before_loading(tmp_path: Path) -> None:
@@ -175,7 +223,7 @@ def test_evaluate_default_pretrain(default_pretrain: Path, world_dir: Path, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval_results.json").read_text())
     tasks = results["tasks"]
-    assert set(tasks) == {"world_bpb", "world_facts", "world_facts_mc", "chat", "hallucination"}
+    assert set(tasks) == {"world_bpb", "world_facts", "world_facts_mc", "world_math", "chat", "hallucination"}
     trained = json.loads((default_pretrain / "metrics.json").read_text())
     # per-document bits/byte is a little higher than the packed eval (less context before each document)
     assert (
@@ -186,4 +234,7 @@ def test_evaluate_default_pretrain(default_pretrain: Path, world_dir: Path, tmp_
     assert mc["baseline"] == 0.25 and mc["accuracy"] > 0.6  # a model whose knowledge we measured picks the truth
     assert mc["accuracy"] >= tasks["world_facts"]["accuracy"] - 0.05  # recognising is easier than recalling
     assert 0 <= tasks["hallucination"]["hallucination_rate"] <= 1 and "known_accuracy" in tasks["hallucination"]
+    assert (
+        tasks["world_math"]["num_problems"] == 100 and tasks["world_math"]["pass@4"] >= tasks["world_math"]["pass@1"]
+    )
     assert "world_facts_mc: " not in result.stdout and "world_facts_mc (" in result.stdout

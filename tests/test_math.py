@@ -297,13 +297,13 @@ def test_math_accuracy_with_known_completions(problems: list[dict]) -> None:
     formats = ["The answer is {}.", "\\boxed{{{}}}", "#### {}", "so {} in total"]
     seen_prompts: list[str] = []
 
-    def half_right(prompts: list[str]) -> list[list[str]]:
+    def half_right(prompts: list[str], settings, **_) -> list[list[str]]:
         seen_prompts.extend(prompts)
         return [
             [formats[i % 4].format(row["answer"] if i % 2 == 0 else row["answer"] + 1)] for i, row in enumerate(rows)
         ]
 
-    result = math_accuracy(None, None, rows, chat=False, generate_fn=half_right)
+    result = math_accuracy(None, None, rows, chat=False, generator=half_right)
     assert seen_prompts[0] == f"Question: {rows[0]['question']}\nAnswer:"
     assert result["accuracy"] == result["pass@1"] == 0.5 and result["num_problems"] == 12
     assert result["answer_rate"] == 1.0 and result["mean_completion_tokens"] is None
@@ -313,21 +313,22 @@ def test_math_accuracy_with_known_completions(problems: list[dict]) -> None:
 
     n, correct_counts = 4, [i % 5 for i in range(len(rows))]
 
-    def some_right(prompts: list[str]) -> list[list[str]]:
+    def some_right(prompts: list[str], settings, **_) -> list[list[str]]:
+        assert settings.num_samples == n and settings.temperature > 0
         return [
             [f"The answer is {row['answer'] if j < c else 'unknown'}." for j in range(n)]
             for row, c in zip(rows, correct_counts)
         ]
 
-    result = math_accuracy(None, None, rows, num_samples=n, k_values=(2, 4), chat=False, generate_fn=some_right)
+    result = math_accuracy(None, None, rows, num_samples=n, k_values=(2, 4), chat=False, generator=some_right)
     for k in (1, 2, 4):
         expected = sum(1 - math.comb(n - c, k) / math.comb(n, k) for c in correct_counts) / len(rows)
         assert result[f"pass@{k}"] == pytest.approx(expected), k
     assert result["answer_rate"] == pytest.approx(sum(correct_counts) / (n * len(rows)))
     with pytest.raises(RecipeError, match="k_values"):
-        math_accuracy(None, None, rows, num_samples=2, k_values=(4,), chat=False, generate_fn=some_right)
+        math_accuracy(None, None, rows, num_samples=2, k_values=(4,), chat=False, generator=some_right)
     with pytest.raises(RecipeError, match="temperature"):
-        math_accuracy(None, None, rows, num_samples=2, temperature=0, chat=False, generate_fn=some_right)
+        math_accuracy(None, None, rows, num_samples=2, temperature=0, chat=False, generator=some_right)
 
 
 def test_math_accuracy_end_to_end_tiny_model(tokenizer_dir: Path, problems: list[dict]) -> None:

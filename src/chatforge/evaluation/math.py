@@ -15,13 +15,13 @@ from __future__ import annotations
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from chatforge.configs import RecipeError
-from chatforge.generation import SamplingArguments, chat_stop_token_ids, sample
+from chatforge.generation import Generator, HFGenerator, SamplingArguments, chat_stop_token_ids
 
 # A number as models write it: 1,234.5 / -4 / 0.5 / 1/2, or LaTeX \frac{1}{2}; not the 2 of "x2" or ".2".
 _PLAIN = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?"
@@ -184,9 +184,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - miss
 
 
-GenerateFn = Callable[[list[str]], list[list[str]]]
-
-
 def math_prompts(
     tokenizer: PreTrainedTokenizerBase | None, questions: Sequence[str], chat: bool, system_prompt: str | None
 ) -> list[str]:
@@ -215,14 +212,14 @@ def math_accuracy(
     batch_size: int = 16,
     chat: bool = True,
     system_prompt: str | None = None,
-    generate_fn: GenerateFn | None = None,
+    generator: Generator | None = None,
     seed: int = 0,
     num_examples: int = 5,
 ) -> dict:
     """Score answers to `problems` (rows with `question` and `answer`): pass@1 (= accuracy) and pass@k.
 
-    Generates `num_samples` completions per question, greedily when `num_samples == 1`, with HF
-    `generate` or with `generate_fn(prompts) -> completions per prompt` when given (e.g. a vLLM engine).
+    Generates `num_samples` completions per question, greedily when `num_samples == 1`, with `generator`
+    (the HF or vLLM backend of `chatforge.generation`; HF `generate` on `model` when None).
     Returns pass@1 and pass@k for each k in `k_values`, `accuracy`, `num_problems`, `num_samples`,
     `answer_rate` (completions with any final answer), `mean_completion_tokens` (None without a
     tokenizer), `per_difficulty` (when rows have `difficulty`) and a few `examples`.
@@ -239,33 +236,20 @@ def math_accuracy(
         raise RecipeError(f"k_values must lie in 1..num_samples ({num_samples}), got {list(k_values)}")
     if num_samples > 1 and temperature <= 0:
         raise RecipeError("num_samples > 1 needs temperature > 0 (greedy decoding gives identical samples)")
-    if generate_fn is None and (model is None or tokenizer is None):
-        raise RecipeError("math_accuracy needs a model and tokenizer, or a generate_fn")
+    if generator is None and (model is None or tokenizer is None):
+        raise RecipeError("math_accuracy needs a model and tokenizer, or a generator")
 
     prompts = math_prompts(tokenizer, [row["question"] for row in problems], chat, system_prompt)
-    if generate_fn is not None:
-        completions = [list(samples) for samples in generate_fn(prompts)]
-    else:
-        settings = SamplingArguments(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature if num_samples > 1 else 0.0,
-            num_samples=num_samples,
-            stop=None if chat else ["\nQuestion:"],
-            seed=seed,
-        )
-        was_training = model.training
-        model.eval()
-        try:
-            completions = sample(
-                model,
-                tokenizer,
-                prompts,
-                settings,
-                batch_size=batch_size,
-                stop_token_ids=chat_stop_token_ids(tokenizer) if chat else None,
-            )
-        finally:
-            model.train(was_training)
+    settings = SamplingArguments(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature if num_samples > 1 else 0.0,
+        num_samples=num_samples,
+        stop=None if chat else ["\nQuestion:"],
+        seed=seed,
+    )
+    generator = generator or HFGenerator(model, tokenizer, batch_size=batch_size)
+    stop_ids = chat_stop_token_ids(tokenizer) if chat and tokenizer is not None else None
+    completions = [list(samples) for samples in generator(prompts, settings, stop_token_ids=stop_ids)]
     if len(completions) != len(prompts) or any(len(samples) != num_samples for samples in completions):
         raise ValueError(f"expected {num_samples} completions for each of {len(prompts)} prompts")
 

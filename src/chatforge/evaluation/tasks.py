@@ -6,6 +6,7 @@ model is loaded:
     tasks:
       world_bpb: {type: bits_per_byte, dataset: data/world/corpus, split: validation}
       hellaswag: {type: multiple_choice, format: hellaswag, source: Rowan/hellaswag, limit: 1000}
+      gsm8k: {type: math, format: gsm8k, source: openai/gsm8k, num_samples: 4, k_values: [1, 4]}
 
 A task returns a flat dict of metrics (numbers) plus optional `examples`; the report card reads the numbers.
 """
@@ -111,6 +112,7 @@ class MultipleChoiceSpec(TaskSpec):
     format: str = "world_facts"
     source: str = "data/world/facts.jsonl"
     split: str | None = None
+    config: str | None = field(default=None, metadata={"help": "Hub config: ARC-Easy/ARC-Challenge, an MMLU subject."})
     few_shot: int = 0
     num_choices: int = 4
 
@@ -161,7 +163,10 @@ def run_multiple_choice(spec: MultipleChoiceSpec, ctx: EvalContext) -> dict:
         items = world_fact_choices(load_facts(spec.source, spec.split or "train"), spec.num_choices, ctx.seed)
     else:
         loader = {"hellaswag": mc.load_hellaswag, "mmlu": mc.load_mmlu, "arc": mc.load_arc}[spec.format]
-        items = loader(spec.source, split=spec.split) if spec.split else loader(spec.source)
+        options = {"split": spec.split} if spec.split else {}
+        if spec.config and spec.format in ("arc", "mmlu"):
+            options["config"] = spec.config
+        items = loader(spec.source, **options)
     if spec.few_shot:
         rng = random.Random(f"{ctx.seed}:few-shot")
         order = list(range(len(items)))
@@ -254,6 +259,80 @@ def run_hallucination(spec: HallucinationSpec, ctx: EvalContext) -> dict:
     )
 
 
+# ------------------------------------------------------------------------------------------------------- math
+
+MATH_FORMATS = ("world", "gsm8k")
+
+
+@dataclass
+class MathSpec(TaskSpec):
+    """Word problems answered in free text, checked with math-verify: pass@1 and pass@k.
+
+    `world`: rows with `question` and an integer `answer` (data/world/math/test.jsonl). `gsm8k`: a local
+    .jsonl or the Hub's openai/gsm8k, gold answer after `####` (unparsable rows are skipped and counted).
+    """
+
+    format: str = "world"
+    source: str = "data/world/math/test.jsonl"
+    split: str = "test"
+    num_samples: int = field(default=1, metadata={"help": "Completions per problem (1: greedy)."})
+    k_values: list[int] = field(default_factory=lambda: [1], metadata={"help": "Report pass@k for these k."})
+    temperature: float = 0.7
+    max_new_tokens: int = 256
+    chat: bool = field(
+        default=True, metadata={"help": "Ask through the chat template (False: `Question: ... Answer:`)."}
+    )
+    system_prompt: str | None = None
+
+    def check(self, name: str) -> None:
+        super().check(name)
+        if self.format not in MATH_FORMATS:
+            raise RecipeError(f"task {name}: unknown format {self.format!r}; use one of {', '.join(MATH_FORMATS)}")
+        if self.format == "world" or looks_local(self.source):
+            _need_file(name, "source", self.source, WORLD_HINT if self.format == "world" else "")
+        if self.num_samples < 1 or any(not 1 <= k <= self.num_samples for k in self.k_values):
+            raise RecipeError(
+                f"task {name}: num_samples must be >= 1 and each of k_values in 1..num_samples, "
+                f"got num_samples={self.num_samples}, k_values={self.k_values}"
+            )
+        if self.num_samples > 1 and self.temperature <= 0:
+            raise RecipeError(f"task {name}: num_samples > 1 needs temperature > 0")
+
+
+def load_math_problems(spec: MathSpec) -> tuple[list[dict], int]:
+    """(rows with question/answer, number of source rows skipped as unparsable)."""
+    if spec.format == "gsm8k":
+        from chatforge.math_data import load_gsm8k
+
+        data = load_gsm8k(spec.source, split=spec.split)
+        return data.rows, data.skipped
+    rows = _read_jsonl(spec.source)
+    usable = [r for r in rows if isinstance(r.get("question"), str) and r.get("answer") is not None]
+    return usable, len(rows) - len(usable)
+
+
+def run_math(spec: MathSpec, ctx: EvalContext) -> dict:
+    from chatforge.evaluation.math import math_accuracy
+
+    rows, skipped = load_math_problems(spec)
+    rows = _subsample(rows, spec.limit, ctx.seed)
+    result = math_accuracy(
+        ctx.model,
+        ctx.tokenizer,
+        rows,
+        num_samples=spec.num_samples,
+        k_values=spec.k_values,
+        temperature=spec.temperature,
+        max_new_tokens=spec.max_new_tokens,
+        chat=spec.chat,
+        system_prompt=spec.system_prompt,
+        generator=ctx.generator,
+        seed=ctx.seed,
+    )
+    result["skipped"] = skipped
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------- registry
 
 
@@ -272,6 +351,7 @@ TASKS: dict[str, Task] = {
     "fact_completion": Task(FactCompletionSpec, run_fact_completion),
     "chat_qa": Task(ChatQASpec, run_chat_qa, chat=True),
     "hallucination": Task(HallucinationSpec, run_hallucination, chat=True),
+    "math": Task(MathSpec, run_math),
 }
 
 

@@ -4,6 +4,7 @@
 >>> world.facts[0].prompt, world.facts[0].answer
 >>> write_corpus(world, "data/world")
 >>> write_chat_data(world, "data/world")  # sft/, identity/, chat_eval.jsonl
+>>> write_math_data(world, "data/world", MathConfig(num_problems=2000))  # math/{train,test}.jsonl
 """
 
 from chatforge.world.chat import (
@@ -14,7 +15,13 @@ from chatforge.world.chat import (
     ChatDataConfig,
     build_chat_data,
 )
-from chatforge.world.corpus import DataScriptArguments, split_documents, write_chat_data, write_corpus
+from chatforge.world.corpus import (
+    DataScriptArguments,
+    split_documents,
+    write_chat_data,
+    write_corpus,
+    write_math_data,
+)
 from chatforge.world.entities import (
     PERSON_STYLES,
     RELATIONS,
@@ -27,6 +34,7 @@ from chatforge.world.entities import (
     WorldConfig,
     generate_world,
 )
+from chatforge.world.math import MathConfig, generate_math_problems, split_problems
 from chatforge.world.render import Document, render_documents
 
 __all__ = [
@@ -42,14 +50,18 @@ __all__ = [
     "DataScriptArguments",
     "Document",
     "Fact",
+    "MathConfig",
     "Organisation",
     "Person",
     "World",
     "WorldConfig",
     "build_chat_data",
+    "generate_math_problems",
     "generate_world",
     "render_documents",
     "split_documents",
+    "split_problems",
     "write_chat_data",
     "write_corpus",
+    "write_math_data",
 ]

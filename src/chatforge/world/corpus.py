@@ -12,6 +12,7 @@ from typing import Any
 from chatforge.configs import RecipeError
 from chatforge.world.chat import ChatDataConfig, build_chat_data
 from chatforge.world.entities import PERSON_STYLES, World, WorldConfig
+from chatforge.world.math import MathConfig, generate_math_problems, split_problems
 from chatforge.world.render import Document
 
 SOURCES = ("world",)
@@ -60,6 +61,13 @@ class DataScriptArguments:
     sft_test_fraction: float = field(
         default=0.05, metadata={"help": "Fraction of SFT conversations put in sft/test.jsonl (for eval loss)."}
     )
+    math_problems: int = field(
+        default=2000,
+        metadata={"help": "Arithmetic word problems about the world written to math/{train,test}.jsonl (0: none)."},
+    )
+    math_test_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction of math problems held out in math/test.jsonl, in (0, 1)."}
+    )
 
     def world_config(self) -> WorldConfig:
         """The WorldConfig these arguments describe (validated)."""
@@ -76,6 +84,18 @@ class DataScriptArguments:
             person_styles=tuple(self.person_styles),
             validation_fraction=self.validation_fraction,
         )
+        config.validate()
+        return config
+
+    def math_config(self) -> MathConfig | None:
+        """The MathConfig these arguments describe (validated), or None when no math problems are wanted."""
+        if self.math_problems < 0:
+            raise RecipeError(f"math_problems must be >= 0, got {self.math_problems}")
+        if self.math_problems == 0:
+            return None
+        if not 0.0 < self.math_test_fraction < 1.0:
+            raise RecipeError(f"math_test_fraction must be in (0, 1), got {self.math_test_fraction}")
+        config = MathConfig(seed=self.seed, num_problems=self.math_problems)
         config.validate()
         return config
 
@@ -181,3 +201,13 @@ def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig
         "sft_people": len(data.sft_people),
         "eval_people": len(data.eval_people),
     }
+
+
+def write_math_data(world: World, output_dir: str | Path, config: MathConfig, test_fraction: float = 0.1) -> dict:
+    """Write math/{train,test}.jsonl: word problems about the world's people (no question in both); return counts."""
+    output_dir = Path(output_dir)
+    rows = generate_math_problems(config, world=world)
+    train, test = split_problems(rows, test_fraction=test_fraction, seed=config.seed)
+    _write_jsonl(train, output_dir / "math" / "train.jsonl")
+    _write_jsonl(test, output_dir / "math" / "test.jsonl")
+    return {"math_train": len(train), "math_test": len(test)}
