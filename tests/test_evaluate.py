@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,6 +201,17 @@ def test_evaluate_script_bad_input_before_loading(tmp_path: Path) -> None:
     assert "only: no task named 'chatt'; the recipe has chat" in one_line_error(typo)
     backend = run_script("evaluate.py", recipe, "--backend", "tgi")
     assert "backend must be one of auto, hf, vllm" in one_line_error(backend)
+    broken = tmp_path / "site" / "vllm"  # a vLLM install that does not import, as with a mismatched torchvision
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('torchvision::nms does not exist')\n")
+    env = {**os.environ, "PYTHONPATH": f"{broken.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    no_vllm = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), recipe, "--backend", "vllm"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    line = [x for x in no_vllm.stderr.splitlines() if x.startswith("error:")]
+    assert no_vllm.returncode == 2 and line, no_vllm.stderr[-2000:]
+    assert "vLLM is not installed (or does not import); `pip install -e .[vllm]`" in line[0]
 
 
 def _eval_tasks(world_dir: Path) -> dict:

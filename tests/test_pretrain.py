@@ -67,6 +67,9 @@ def test_default_run_loss_falls(default_pretrain: Path) -> None:
     assert (default_pretrain / "loss_curve.png").stat().st_size > 10_000
     card = (default_pretrain / "README.md").read_text()
     assert "library_name: transformers" in card and "fact_accuracy" in card
+    tokenizer_config = json.loads((default_pretrain / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"  # loads under transformers 4.x too
+    assert "<|im_start|>" in tokenizer_config["chat_template"] and "extra_special_tokens" not in tokenizer_config
 
 
 @pytest.mark.slow

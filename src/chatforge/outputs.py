@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Trainer
 
 from chatforge.plots import plot_loss_curves
+from chatforge.tokenizer import make_portable
 
 
 def save_stage_folder(
@@ -21,6 +22,7 @@ def save_stage_folder(
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
+    make_portable(out)
     trainer.model.generation_config = generation_config
     generation_config.save_pretrained(str(out))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -35,7 +35,12 @@ def card_metrics(results: dict) -> dict[str, float]:
     flat = {}
     for task, metrics in results.get("tasks", {}).items():
         for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.startswith("num_"):
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and not key.startswith("num_")
+                and key != "skipped"
+            ):
                 flat[f"{task}/{key}"] = float(value)
     return flat
 

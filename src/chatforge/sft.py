@@ -22,6 +22,7 @@ from chatforge.mixtures import load_mixture
 from chatforge.model_card import write_model_card
 from chatforge.outputs import save_stage_folder
 from chatforge.pretrain import resolve_checkpoint
+from chatforge.tokenizer import make_portable
 
 logger = logging.getLogger(__name__)
 
@@ -221,5 +222,6 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path) -> PreTrained
     model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)).merge_and_unload()
     model.save_pretrained(str(output_dir))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(output_dir))
+    make_portable(output_dir)
     model.generation_config.save_pretrained(str(output_dir))
     return model

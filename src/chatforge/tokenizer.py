@@ -209,21 +209,34 @@ def load_chat_template(path: str | Path) -> str:
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | Path, chat_template: str) -> Path:
-    """Save `tokenizer` with `chat_template` (the template text) to a folder loadable by transformers 5.x and 4.x.
-
-    transformers 5 writes `"tokenizer_class": "TokenizersBackend"` and `extra_special_tokens`, which 4.x
-    cannot read; we rewrite tokenizer_config.json to the class and keys both versions understand, and keep
-    the template both in chat_template.jinja (5.x) and inline under "chat_template" (4.x).
-    """
+    """Save `tokenizer` with `chat_template` (the template text) to a folder loadable by transformers 5.x and 4.x."""
     output_dir = Path(output_dir)
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(str(output_dir))
+    return make_portable(output_dir)
+
+
+def make_portable(output_dir: str | Path) -> Path:
+    """Rewrite a saved tokenizer's tokenizer_config.json so transformers 4.x (e.g. under lm-eval) loads it too.
+
+    transformers 5 writes `"tokenizer_class": "TokenizersBackend"`, `extra_special_tokens` and local-only keys,
+    which 4.x cannot read; we switch to the class and keys both versions understand, and keep the chat template
+    both in chat_template.jinja (5.x) and inline under "chat_template" (4.x). Call after every save_pretrained.
+    """
+    output_dir = Path(output_dir)
     config_path = output_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
-    extra = config.pop("extra_special_tokens", None) or [t for t in SPECIAL_TOKENS if t not in (ENDOFTEXT, PAD)]
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = config.pop("extra_special_tokens", None)
+    if not isinstance(extra, list) or not extra:
+        extra = config.get("additional_special_tokens") or [t for t in SPECIAL_TOKENS if t not in (ENDOFTEXT, PAD)]
+    for key in ("is_local", "local_files_only"):
+        config.pop(key, None)
+    if config.get("tokenizer_class") in (None, "TokenizersBackend"):
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config["additional_special_tokens"] = list(extra)
-    config["chat_template"] = chat_template
+    template = output_dir / "chat_template.jinja"
+    if template.is_file():
+        config["chat_template"] = template.read_text()
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return output_dir
 

