@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chatforge.world import World, WorldConfig
 
@@ -94,4 +95,30 @@ def default_pretrain(world_dir: Path, tokenizer_dir: Path, tmp_path_factory: pyt
     assert result.returncode == 0, result.stderr[-5000:]
     metrics = json.loads((out / "metrics.json").read_text())
     print(f"\ndefault pretraining: {json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)})}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default SFT recipe on the default base model (paths changed only): the SFT run of `make demo`."""
+    out = tmp_path_factory.mktemp("sft")
+    mixture = yaml.safe_load((REPO / "recipes" / "sft.yaml").read_text())["dataset_mixture"]
+    for entry in mixture["datasets"]:  # the recipe's data/world/... folders, in this session's world
+        entry["id"] = str(world_dir / Path(entry["id"]).relative_to("data/world"))
+    mixture = json.dumps(mixture)
+    result = run_script(
+        "run_sft.py",
+        str(REPO / "recipes" / "sft.yaml"),
+        "--model_name_or_path",
+        str(default_pretrain),
+        "--dataset_mixture",
+        mixture,
+        "--chat_eval_file",
+        str(world_dir / "chat_eval.jsonl"),
+        "--output_dir",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    print(f"\ndefault SFT: {json.dumps(metrics)}")
     return out

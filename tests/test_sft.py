@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import REPO, one_line_error, run_script
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig
@@ -130,32 +129,6 @@ def test_packing_fills_rows_and_trains(tiny_base: Path, world_dir: Path, tmp_pat
     assert max(lengths) <= 256 and sum(lengths) / len(lengths) > 200  # several conversations per row
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 4 and all(loss == loss and loss < 20 for loss in losses)
-
-
-@pytest.fixture(scope="module")
-def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default SFT recipe on the default base model (paths changed only)."""
-    out = tmp_path_factory.mktemp("sft")
-    mixture = yaml.safe_load((REPO / "recipes" / "sft.yaml").read_text())["dataset_mixture"]
-    for entry in mixture["datasets"]:  # the recipe's data/world/... folders, in this session's world
-        entry["id"] = str(world_dir / Path(entry["id"]).relative_to("data/world"))
-    mixture = json.dumps(mixture)
-    result = run_script(
-        "run_sft.py",
-        str(REPO / "recipes" / "sft.yaml"),
-        "--model_name_or_path",
-        str(default_pretrain),
-        "--dataset_mixture",
-        mixture,
-        "--chat_eval_file",
-        str(world_dir / "chat_eval.jsonl"),
-        "--output_dir",
-        str(out),
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    print(f"\ndefault SFT: {json.dumps(metrics)}")
-    return out
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from chatforge.configs import RecipeError
@@ -60,6 +61,9 @@ class VLLMGenerator:
 
         settings = settings or VLLMSettings()
         self.tokenizer = tokenizer
+        # vLLM's CPU build fails on per-request seeds ("CPU Generator does not use offset"); there the engine
+        # seed alone makes a fresh engine reproducible.
+        self.per_request_seed = torch.cuda.is_available()
         self.llm = LLM(
             model=str(model_name_or_path),
             dtype=settings.dtype,
@@ -81,7 +85,7 @@ class VLLMGenerator:
             max_tokens=settings.max_new_tokens,
             stop=settings.stop or None,
             stop_token_ids=list(stop_token_ids or [self.tokenizer.eos_token_id]),
-            seed=settings.seed,
+            seed=settings.seed if self.per_request_seed else None,
             skip_special_tokens=True,
         )
 
