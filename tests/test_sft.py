@@ -184,6 +184,7 @@ def test_chat_session_keeps_history_and_resets(default_sft: Path) -> None:
     """Each turn is generated from the whole conversation so far; /reset keeps only the system prompt."""
     spec = importlib.util.spec_from_file_location("chat_script", REPO / "scripts" / "chat.py")
     chat = importlib.util.module_from_spec(spec)
+    sys.modules["chat_script"] = chat  # dataclasses resolve the script's annotations through sys.modules
     spec.loader.exec_module(chat)
     from chatforge.generation import SamplingArguments
 

@@ -146,3 +146,54 @@ def load_gsm8k(
     if data.skipped:
         logger.warning("%s: skipped %d rows without a numeric `#### answer` line", label, data.skipped)
     return data
+
+
+MATH_FORMATS = ("world", "gsm8k")
+
+
+def load_world_math(
+    source: str | Path = "data/world/math", split: str = "train", limit: int | None = None
+) -> MathDataset:
+    """World problems (`question`, integer `answer`) from a .jsonl file or a folder holding `{split}.jsonl`.
+
+    Rows whose answer is not a number are skipped and counted, like GSM8K rows without `#### N`.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise RecipeError(f"math data not found: {source}; `python scripts/run_data.py recipes/data.yaml` writes it")
+    file = path if path.is_file() else path / f"{split}.jsonl"
+    if not file.is_file():
+        raise RecipeError(f"{path}: no {split}.jsonl in this folder")
+    first = next(iter(_read_jsonl(file)), None)
+    columns = list(first) if first is not None else []
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise RecipeError(f"{file}: missing column '{missing[0]}'; columns found: {', '.join(columns) or 'none'}")
+    data = MathDataset(source=str(file))
+    for record in _read_jsonl(file):
+        if limit is not None and len(data.rows) >= limit:
+            break
+        question, answer = record.get("question"), record.get("answer")
+        answer = str(answer).replace(",", "").strip() if isinstance(answer, (int, float, str)) else ""
+        if not isinstance(question, str) or not question.strip() or not _NUMBER.fullmatch(answer):
+            data.skipped += 1
+            continue
+        data.rows.append({**record, "question": question.strip(), "answer": answer})
+    if data.skipped:
+        logger.warning("%s: skipped %d rows without a question or a numeric answer", file, data.skipped)
+    return data
+
+
+def load_math_problems(
+    source: str | Path,
+    format: str = "world",
+    split: str = "train",
+    limit: int | None = None,
+    config_name: str = "main",
+) -> MathDataset:
+    """Problems with numeric gold answers: `world` (chatforge.world math files) or `gsm8k` (file or Hub id)."""
+    if format == "world":
+        return load_world_math(source, split, limit)
+    if format == "gsm8k":
+        return load_gsm8k(source, split, limit, config_name)
+    raise RecipeError(f"unknown math format {format!r}; use one of {', '.join(MATH_FORMATS)}")

@@ -37,3 +37,23 @@ def plot_loss_curves(log_history: list[dict], path: str | Path, title: str = "lo
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_curves(log_history: list[dict], series: dict[str, str], path: str | Path, title: str = "") -> Path | None:
+    """One panel per logged key in `series` (key -> axis label) against the step; None if none was logged."""
+    panels = [(key, label, [(h["step"], h[key]) for h in log_history if key in h]) for key, label in series.items()]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (key, label, points) in zip(axes[0], panels):
+        ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.set_title(f"{title}: {key}" if title else key, fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

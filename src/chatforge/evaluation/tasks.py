@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from chatforge.configs import RecipeError
 from chatforge.data import looks_local
 from chatforge.generation import Generator
+from chatforge.math_data import MATH_FORMATS
 
 
 @dataclass
@@ -261,8 +262,6 @@ def run_hallucination(spec: HallucinationSpec, ctx: EvalContext) -> dict:
 
 # ------------------------------------------------------------------------------------------------------- math
 
-MATH_FORMATS = ("world", "gsm8k")
-
 
 @dataclass
 class MathSpec(TaskSpec):
@@ -299,23 +298,12 @@ class MathSpec(TaskSpec):
             raise RecipeError(f"task {name}: num_samples > 1 needs temperature > 0")
 
 
-def load_math_problems(spec: MathSpec) -> tuple[list[dict], int]:
-    """(rows with question/answer, number of source rows skipped as unparsable)."""
-    if spec.format == "gsm8k":
-        from chatforge.math_data import load_gsm8k
-
-        data = load_gsm8k(spec.source, split=spec.split)
-        return data.rows, data.skipped
-    rows = _read_jsonl(spec.source)
-    usable = [r for r in rows if isinstance(r.get("question"), str) and r.get("answer") is not None]
-    return usable, len(rows) - len(usable)
-
-
 def run_math(spec: MathSpec, ctx: EvalContext) -> dict:
     from chatforge.evaluation.math import math_accuracy
+    from chatforge.math_data import load_math_problems
 
-    rows, skipped = load_math_problems(spec)
-    rows = _subsample(rows, spec.limit, ctx.seed)
+    data = load_math_problems(spec.source, spec.format, spec.split)
+    rows, skipped = _subsample(data.rows, spec.limit, ctx.seed), data.skipped
     result = math_accuracy(
         ctx.model,
         ctx.tokenizer,

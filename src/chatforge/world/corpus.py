@@ -12,7 +12,7 @@ from typing import Any
 from chatforge.configs import RecipeError
 from chatforge.world.chat import ChatDataConfig, build_chat_data
 from chatforge.world.entities import PERSON_STYLES, World, WorldConfig
-from chatforge.world.math import MathConfig, generate_math_problems, split_problems
+from chatforge.world.math import MathConfig, generate_math_problems, math_conversation, split_problems
 from chatforge.world.render import Document
 
 SOURCES = ("world",)
@@ -204,10 +204,12 @@ def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig
 
 
 def write_math_data(world: World, output_dir: str | Path, config: MathConfig, test_fraction: float = 0.1) -> dict:
-    """Write math/{train,test}.jsonl: word problems about the world's people (no question in both); return counts."""
+    """Write math/{train,test}.jsonl (word problems about the world's people, no question in both) and
+    math_sft/train.jsonl (the train problems as conversations that reason in <think> before answering)."""
     output_dir = Path(output_dir)
     rows = generate_math_problems(config, world=world)
     train, test = split_problems(rows, test_fraction=test_fraction, seed=config.seed)
     _write_jsonl(train, output_dir / "math" / "train.jsonl")
     _write_jsonl(test, output_dir / "math" / "test.jsonl")
+    _write_jsonl([{"messages": math_conversation(row)} for row in train], output_dir / "math_sft" / "train.jsonl")
     return {"math_train": len(train), "math_test": len(test)}

@@ -582,3 +582,15 @@ def split_problems(rows: Sequence[dict], test_fraction: float = 0.1, seed: int =
     train = [row for i, row in enumerate(rows) if i not in test_indices]
     test = [row for i, row in enumerate(rows) if i in test_indices]
     return train, test
+
+
+def math_conversation(row: dict, system_prompt: str | None = None) -> list[dict]:
+    """A problem as a chat turn that reasons before answering: the solution's steps go in `reasoning_content`
+    (rendered inside <think> by chat_templates/chatml.jinja), the answer sentence in `content`."""
+    steps = [line for line in row["solution"].splitlines() if not line.startswith("The answer is")]
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [
+        *system,
+        {"role": "user", "content": row["question"]},
+        {"role": "assistant", "reasoning_content": "\n".join(steps), "content": f"The answer is {row['answer']}."},
+    ]

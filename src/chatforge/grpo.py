@@ -1,0 +1,286 @@
+"""GRPO on verifiable problems: the chat model practises math and learns from its own checked attempts.
+
+The data are word problems with numeric answers (the world's `math/` files or GSM8K), given to the model as
+chat prompts; TRL's `GRPOTrainer` samples `num_generations` completions per prompt (with vLLM in colocate or
+server mode, or HF `generate`), scores them with the rewards of `chatforge.rewards`, and raises the
+likelihood of the better-than-average ones. Before and after training the model is scored on held-out
+problems (pass@1 / pass@k, greedy accuracy, mean completion length), so the gain is a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import transformers
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from trl import GRPOConfig, ModelConfig, ScriptArguments
+
+from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
+from chatforge.data import looks_local
+from chatforge.evaluation.math import math_accuracy
+from chatforge.generation import chat_stop_token_ids
+from chatforge.hub import push_stage_output
+from chatforge.math_data import MATH_FORMATS, load_math_problems
+from chatforge.model_card import write_model_card
+from chatforge.outputs import save_stage_folder
+from chatforge.plots import plot_curves
+from chatforge.pretrain import resolve_checkpoint
+from chatforge.rewards import REWARDS, get_reward_funcs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GRPOScriptArguments(ScriptArguments):
+    """Which problems to practise on, which rewards score them, and how to measure the result."""
+
+    dataset_name: str | None = field(
+        default="data/world/math", metadata={"help": "Folder with {split}.jsonl, a .jsonl file, or a Hub id."}
+    )
+    dataset_format: str = field(
+        default="world", metadata={"help": f"How gold answers are written: {', '.join(MATH_FORMATS)}."}
+    )
+    dataset_config: str | None = field(default="main", metadata={"help": "Hub config (GSM8K: main)."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt before each problem."})
+    max_train_problems: int | None = field(default=None, metadata={"help": "Use at most this many problems."})
+    difficulties: list[int] | None = field(
+        default=None, metadata={"help": "World problems: train and evaluate only these difficulty levels (1-4)."}
+    )
+    rewards: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={"help": f"Reward functions from chatforge.rewards ({', '.join(REWARDS)}); weights: reward_weights."},
+    )
+    reward_options: dict | str | None = field(
+        default=None, metadata={"help": 'Options per reward, e.g. {"length": {"max_completion_length": 256}}.'}
+    )
+    eval_file: str | None = field(
+        default="data/world/math/test.jsonl", metadata={"help": "Held-out problems scored before and after."}
+    )
+    eval_format: str = field(default="world", metadata={"help": "Format of eval_file (world or gsm8k)."})
+    eval_limit: int | None = field(default=200, metadata={"help": "Score at most this many held-out problems."})
+    eval_num_samples: int = field(default=4, metadata={"help": "Samples per held-out problem, for pass@k."})
+    eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the held-out eval."})
+    eval_before_training: bool = field(default=True, metadata={"help": "Also score the starting model."})
+
+    def __post_init__(self) -> None:
+        none_if_null(self, "dataset_config", "system_prompt", "eval_file", "difficulties", "reward_options")
+        if isinstance(self.reward_options, str):
+            try:
+                self.reward_options = json.loads(self.reward_options)
+            except json.JSONDecodeError as err:
+                raise RecipeError(f"reward_options is not valid JSON: {err}") from None
+        for name, value in (("dataset_format", self.dataset_format), ("eval_format", self.eval_format)):
+            if value not in MATH_FORMATS:
+                raise RecipeError(f"{name}: unknown format {value!r}; use one of {', '.join(MATH_FORMATS)}")
+        if self.eval_num_samples < 1:
+            raise RecipeError(f"eval_num_samples must be >= 1, got {self.eval_num_samples}")
+        if self.difficulties is not None and not set(self.difficulties) <= {1, 2, 3, 4}:
+            raise RecipeError(f"difficulties must be a subset of 1, 2, 3, 4; got {self.difficulties}")
+
+
+@dataclass
+class ChatGRPOConfig(GRPOConfig):
+    """TRL's `GRPOConfig` with chatforge's defaults: bf16 only where supported, short chat completions."""
+
+    output_dir: str = field(default="outputs/grpo", metadata={"help": "Where the model and checkpoints go."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; unset: on where supported."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
+    )
+
+    def __post_init__(self) -> None:
+        apply_device_defaults(self)
+        super().__post_init__()
+
+
+def check_model_path(name_or_path: str | None) -> str:
+    """The starting model must exist; say what makes it."""
+    if not name_or_path:
+        raise RecipeError("model_name_or_path is not set; point it at the SFT model (e.g. outputs/sft)")
+    if looks_local(name_or_path) and not Path(name_or_path).exists():
+        raise RecipeError(
+            f"model not found: {name_or_path}; train the chat model first with "
+            "`python scripts/run_sft.py recipes/sft.yaml` (or run `make demo`)"
+        )
+    return name_or_path
+
+
+def check_vllm(training_args: GRPOConfig) -> None:
+    """`use_vllm` needs vLLM installed (and importable); name the extra to install."""
+    if not training_args.use_vllm:
+        return
+    from chatforge.vllm_backend import INSTALL_HINT, vllm_available
+
+    if not vllm_available():
+        raise RecipeError(f"use_vllm: vLLM is not installed (or does not import); {INSTALL_HINT}, or use_vllm: false")
+
+
+def prompt_messages(question: str, system_prompt: str | None) -> list[dict]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": question}]
+
+
+def load_grpo_dataset(script_args: GRPOScriptArguments) -> tuple[Dataset, int]:
+    """Conversational prompts with their gold `answer`; also how many source rows were skipped as unusable."""
+    if not script_args.dataset_name:
+        raise RecipeError("dataset_name is not set; point it at math problems (e.g. data/world/math)")
+    data = load_math_problems(
+        script_args.dataset_name,
+        script_args.dataset_format,
+        script_args.dataset_train_split,
+        config_name=script_args.dataset_config or "main",
+    )
+    rows = data.rows
+    if script_args.difficulties is not None:
+        rows = [r for r in rows if r.get("difficulty") in script_args.difficulties]
+    if script_args.max_train_problems is not None:
+        rows = rows[: script_args.max_train_problems]
+    if not rows:
+        raise RecipeError(f"{data.source}: no usable problems (skipped {data.skipped}) after the recipe's filters")
+    prompts = [
+        {"prompt": prompt_messages(r["question"], script_args.system_prompt), "answer": str(r["answer"])} for r in rows
+    ]
+    return Dataset.from_list(prompts), data.skipped
+
+
+def load_eval_problems(script_args: GRPOScriptArguments) -> list[dict] | None:
+    if not script_args.eval_file:
+        return None
+    data = load_math_problems(script_args.eval_file, script_args.eval_format, "test")
+    rows = data.rows
+    if script_args.difficulties is not None:
+        rows = [r for r in rows if r.get("difficulty") in script_args.difficulties]
+    rows = rows[: script_args.eval_limit] if script_args.eval_limit else rows
+    return rows or None
+
+
+def score_math(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[dict],
+    script_args: GRPOScriptArguments,
+    max_new_tokens: int,
+    seed: int,
+) -> dict:
+    """Held-out math: sampled pass@1 / pass@k at the eval temperature, greedy accuracy, completion length."""
+    k = script_args.eval_num_samples
+    common = dict(max_new_tokens=max_new_tokens, system_prompt=script_args.system_prompt, seed=seed, chat=True)
+    sampled = math_accuracy(
+        model, tokenizer, problems, num_samples=k, k_values=sorted({1, k}), temperature=script_args.eval_temperature,
+        **common,
+    )  # fmt: skip
+    greedy = math_accuracy(model, tokenizer, problems, num_samples=1, **common)
+    result = {f"math_pass@{n}": sampled[f"pass@{n}"] for n in sorted({1, k})}
+    result["math_greedy_accuracy"] = greedy["accuracy"]
+    result["math_format_rate"] = greedy["answer_rate"]
+    result["math_completion_tokens"] = sampled["mean_completion_tokens"]
+    result["math_examples"] = greedy["examples"][:3]
+    return result
+
+
+def train(
+    script_args: GRPOScriptArguments,
+    training_args: ChatGRPOConfig,
+    model_args: ModelConfig,
+    callbacks: list[TrainerCallback] | None = None,
+) -> tuple[Any, dict]:
+    """Practise on the problems with GRPO; save the model with before/after math scores and training curves."""
+    model_path = check_model_path(model_args.model_name_or_path)
+    reward_funcs = get_reward_funcs(script_args.rewards, **(script_args.reward_options or {}))
+    if training_args.reward_weights is not None and len(training_args.reward_weights) != len(reward_funcs):
+        raise RecipeError(
+            f"reward_weights has {len(training_args.reward_weights)} values for {len(reward_funcs)} rewards "
+            f"({', '.join(script_args.rewards)})"
+        )
+    train_dataset, skipped = load_grpo_dataset(script_args)
+    eval_problems = load_eval_problems(script_args)
+    check_vllm(training_args)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if not tokenizer.chat_template:
+        raise RecipeError(f"{model_path} has no chat template; GRPO prompts are conversations (train SFT first)")
+    transformers.set_seed(training_args.seed)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
+    )
+    max_new = training_args.max_completion_length
+    metrics: dict = {"train_problems": len(train_dataset), "skipped_problems": skipped}
+    if eval_problems and script_args.eval_before_training:
+        before = score_math(model, tokenizer, eval_problems, script_args, max_new, training_args.seed)
+        metrics.update({f"before_{k}": v for k, v in before.items() if not k.endswith("examples")})
+        logger.info("held-out math before GRPO: %s", {k: v for k, v in metrics.items() if k.startswith("before")})
+
+    from trl import GRPOTrainer  # imports vLLM when installed: after every check of the recipe
+
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=None,
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    history = trainer.state.log_history
+    lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
+    rewards = [h["reward"] for h in history if "reward" in h]
+    metrics.update(
+        train_loss=train_result.training_loss,
+        global_step=trainer.state.global_step,
+        train_runtime_s=train_result.metrics.get("train_runtime"),
+        first_reward=rewards[0] if rewards else None,
+        last_reward=rewards[-1] if rewards else None,
+        first_completion_length=lengths[0] if lengths else None,
+        last_completion_length=lengths[-1] if lengths else None,
+    )
+    if eval_problems and trainer.is_world_process_zero():
+        after = score_math(trainer.model, tokenizer, eval_problems, script_args, max_new, training_args.seed)
+        metrics.update({k: v for k, v in after.items() if not k.endswith("examples")})
+        for ex in after["math_examples"]:
+            logger.info("%s %r -> %r", "ok " if ex["correct"] else "BAD", ex["question"], ex["completion"])
+    if trainer.is_world_process_zero():
+        save_grpo_model(trainer, tokenizer, metrics, script_args, model_args)
+    trainer.accelerator.wait_for_everyone()
+    push_stage_output(training_args)
+    return trainer, metrics
+
+
+def save_grpo_model(
+    trainer: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    metrics: dict,
+    script_args: GRPOScriptArguments,
+    model_args: ModelConfig,
+) -> None:
+    """Write the model, tokenizer, chat generation settings, metrics, reward/length curves and card."""
+    generation_config = trainer.model.generation_config
+    generation_config.eos_token_id = chat_stop_token_ids(tokenizer)
+    generation_config.pad_token_id = tokenizer.pad_token_id
+    out = save_stage_folder(trainer, tokenizer, metrics, generation_config, "GRPO")
+    plot_curves(
+        trainer.state.log_history,
+        {"reward": "mean reward", "completions/mean_length": "mean completion length (tokens)"},
+        out / "grpo_curves.png",
+        title="GRPO",
+    )
+    write_model_card(
+        out,
+        stage="grpo",
+        base_model=None if looks_local(model_args.model_name_or_path) else model_args.model_name_or_path,
+        datasets=[str(script_args.dataset_name)],
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        details={
+            "starting model": model_args.model_name_or_path,
+            "rewards": ", ".join(script_args.rewards),
+            "generations per prompt": trainer.args.num_generations,
+            "vLLM": f"{trainer.args.vllm_mode}" if trainer.args.use_vllm else "no (HF generate)",
+        },
+        prompt="<|im_start|>user\\nTom had 3 apples and found 4 more. How many apples does he have?<|im_end|>\\n"
+        "<|im_start|>assistant\\n",
+    )
