@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -226,6 +227,8 @@ def train(
         peft_config=None,
         callbacks=callbacks,
     )
+    if training_args.use_vllm and training_args.vllm_mode == "colocate" and not torch.cuda.is_available():
+        patch_cpu_colocate_sync(trainer)
     train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     history = trainer.state.log_history
     lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
@@ -249,6 +252,24 @@ def train(
     trainer.accelerator.wait_for_everyone()
     push_stage_output(training_args)
     return trainer, metrics
+
+
+def patch_cpu_colocate_sync(trainer: Any) -> None:
+    """Make TRL's colocate weight sync work with vLLM's CPU build.
+
+    TRL copies each trained parameter into the engine with `model.load_weights`. vLLM's CPU backend repacks linear
+    weights for oneDNN after loading and leaves an empty placeholder without a loader, so that copy fails
+    ("'Parameter' object has no attribute 'weight_loader'"). vLLM's in-place `reload_weights` restores the layers,
+    loads and repacks them; we route the sync through it. GPU builds keep TRL's own path.
+    """
+    generation = trainer.vllm_generation
+
+    def sync_weights() -> None:
+        runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+        runner.reload_weights(weights_iterator=generation._iter_named_params())
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
 
 
 def save_grpo_model(

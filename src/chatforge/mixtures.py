@@ -158,6 +158,29 @@ def weighted_indices(size: int, weight: float, seed: str) -> list[int]:
     return list(range(size)) * whole + sorted(order[: round(fraction * size)])
 
 
+def _merge_feature(a: Any, b: Any) -> Any:
+    """The union of two column types where they are structs (or lists of structs) with different fields."""
+    import datasets
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {**a, **{k: _merge_feature(a[k], v) if k in a else v for k, v in b.items()}}
+    if isinstance(a, datasets.List) and isinstance(b, datasets.List):
+        return datasets.List(_merge_feature(a.feature, b.feature))
+    return a
+
+
+def merged_features(all_features: list[Any]) -> Any:
+    """Features every part can be cast to: messages with and without optional fields (`reasoning_content`,
+    `tool_calls`, ...) combine, the missing fields becoming null."""
+    import datasets
+
+    merged = dict(all_features[0])
+    for features in all_features[1:]:
+        for name, feature in features.items():
+            merged[name] = _merge_feature(merged[name], feature) if name in merged else feature
+    return datasets.Features(merged)
+
+
 def load_mixture(mixture: dict[str, Any] | DatasetMixture) -> datasets.DatasetDict:
     """Load, weigh, concatenate and shuffle the mixture's datasets into a DatasetDict ("train"[, "test"])."""
     import datasets
@@ -175,7 +198,7 @@ def load_mixture(mixture: dict[str, Any] | DatasetMixture) -> datasets.DatasetDi
             dataset = dataset.select_columns(spec.columns)
         indices = weighted_indices(len(dataset), float(spec.weight), f"{mixture.seed}:{index}:{spec.id}")
         parts.append(dataset.select(indices))
-    features = parts[0].features
+    features = merged_features([part.features for part in parts])
     for spec, part in zip(mixture.datasets[1:], parts[1:]):
         if part.column_names != parts[0].column_names:
             raise RecipeError(

@@ -588,9 +588,11 @@ def math_conversation(row: dict, system_prompt: str | None = None) -> list[dict]
     """A problem as a chat turn that reasons before answering: the solution's steps go in `reasoning_content`
     (rendered inside <think> by chat_templates/chatml.jinja), the answer sentence in `content`."""
     steps = [line for line in row["solution"].splitlines() if not line.startswith("The answer is")]
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    # Every message carries the same keys: `datasets` reads lists of dicts with differing keys as opaque JSON,
+    # which cannot be mixed with other conversations; with a null `reasoning_content` they form one struct.
+    system = [{"role": "system", "content": system_prompt, "reasoning_content": None}] if system_prompt else []
     return [
         *system,
-        {"role": "user", "content": row["question"]},
-        {"role": "assistant", "reasoning_content": "\n".join(steps), "content": f"The answer is {row['answer']}."},
+        {"role": "user", "content": row["question"], "reasoning_content": None},
+        {"role": "assistant", "content": f"The answer is {row['answer']}.", "reasoning_content": "\n".join(steps)},
     ]
