@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import SMALL
+from conftest import REPO, SMALL
 
 from chatforge.chat_data import check_generation_tags, load_oasst_trees, validate_conversations
 from chatforge.configs import RecipeError
 from chatforge.mixtures import load_mixture, parse_mixture, weighted_indices
+from chatforge.tokenizer import build_backend
 from chatforge.world import World, WorldConfig
 from chatforge.world.chat import (
     ASSISTANT_NAME,
@@ -27,8 +28,9 @@ from chatforge.world.chat import (
     build_chat_data,
     split_people,
 )
-from chatforge.world.corpus import write_chat_data
+from chatforge.world.corpus import write_chat_data, write_math_data
 from chatforge.world.entities import RELATIONS
+from chatforge.world.math import MathConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OASST = ROOT.parent / "shared" / "data" / "prefs" / "oasst_en_100_tree.jsonl"
@@ -359,6 +361,30 @@ def test_mixture_weights_and_determinism(chat_dir: Path) -> None:
         10, 0.3, "s"
     )
     assert sorted(set(weighted_indices(10, 1.5, "s"))) == list(range(10))
+
+
+def test_mixture_combines_conversations_with_reasoning(world: World, chat_dir: Path, tmp_path: Path) -> None:
+    """Math conversations carry `reasoning_content`; mixed with plain chats, both render as before."""
+    write_math_data(world, tmp_path, MathConfig(seed=0, num_problems=40))
+    mixture = {
+        "datasets": [
+            {"id": str(chat_dir / "identity"), "split": "train", "columns": ["messages"]},
+            {"id": str(tmp_path / "math_sft"), "split": "train", "columns": ["messages"]},
+        ],
+        "seed": 0,
+    }
+    rows = load_mixture(mixture)["train"]["messages"]
+    math = [r for r in rows if r[-1]["reasoning_content"]]
+    plain = [r for r in rows if not r[-1]["reasoning_content"]]
+    assert len(math) == 36 and len(plain) == len((chat_dir / "identity" / "train.jsonl").read_text().splitlines())
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=build_backend())
+    tokenizer.chat_template = (REPO / "chat_templates" / "chatml.jinja").read_text()
+    rendered = tokenizer.apply_chat_template(math[0], tokenize=False)
+    steps = math[0][-1]["reasoning_content"]
+    assert f"<|im_start|>assistant\n<think>\n{steps}\n</think>\n\nThe answer is " in rendered
+    assert "<think>" not in tokenizer.apply_chat_template(plain[0], tokenize=False)
 
 
 def test_mixture_errors(chat_dir: Path, tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, SHARED_DATA, one_line_error, run_script
+from transformers import AutoModelForCausalLM
 
 from chatforge.configs import RecipeError
 from chatforge.grpo import GRPOScriptArguments, load_grpo_dataset
@@ -87,3 +89,31 @@ def test_use_vllm_without_a_working_vllm_names_the_extra(tmp_path: Path) -> None
     line = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert result.returncode == 2 and line, result.stderr[-2000:]
     assert "use_vllm: vLLM is not installed (or does not import); `pip install -e .[vllm]`" in line[0]
+
+
+@pytest.mark.slow
+def test_short_grpo_run_with_vllm_colocate_rollouts(default_sft: Path, world_dir: Path, tmp_path: Path) -> None:
+    """The default recipe for a few steps, rollouts from vLLM in the training process: the engine samples with the
+    weights being trained (its log-probabilities match the trainer's after every sync), the policy moves, and the
+    before/after scores and curves are saved."""
+    out = tmp_path / "grpo"
+    result = run_script(
+        "run_grpo.py", RECIPE, "--model_name_or_path", str(default_sft), "--dataset_name", str(world_dir / "math"),
+        "--eval_file", str(world_dir / "math" / "test.jsonl"), "--eval_limit", "16", "--eval_num_samples", "2",
+        "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3", "--difficulties", "1",
+        "--output_dir", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("math_pass@1", "math_pass@2", "math_greedy_accuracy", "math_completion_tokens"):
+        assert 0 <= metrics[f"before_{key}"] and 0 <= metrics[key], key
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "reward" in h]
+    assert len(steps) == 6 and all("completions/mean_length" in h for h in steps)
+    assert any(h["rewards/format/mean"] > 0 for h in steps)  # the SFT model writes the thinking format
+    # vLLM's log-probabilities of its own samples agree with the trainer's: the synced weights are the trained ones
+    assert max(h["sampling/sampling_logp_difference/mean"] for h in steps) < 0.05
+    start = AutoModelForCausalLM.from_pretrained(default_sft).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    assert (out / "grpo_curves.png").stat().st_size > 5000 and any(out.glob("checkpoint-*"))
