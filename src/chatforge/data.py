@@ -16,6 +16,15 @@ def looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name.split("/", 1)[0]).is_dir()
 
 
+def require_model(name_or_path: str | None, role: str, example: str, make_it: str) -> str:
+    """The model a stage starts from must be set and, when it is a local path, exist; say how to make it."""
+    if not name_or_path:
+        raise RecipeError(f"model_name_or_path is not set; point it at {example}")
+    if looks_local(name_or_path) and not Path(name_or_path).exists():
+        raise RecipeError(f"{role} not found: {name_or_path}; {make_it}")
+    return name_or_path
+
+
 def load_corpus(
     name: str,
     splits: list[str],

@@ -38,6 +38,14 @@ class SamplingArguments:
         )
 
 
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], prefix_token_ids: list[int] | None = None
+) -> list[list[int]]:
+    """Token ids of each prompt as every backend feeds them: no special tokens added, `prefix_token_ids` first."""
+    prefix = list(prefix_token_ids or [])
+    return [prefix + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
@@ -54,14 +62,13 @@ def sample(
     """
     torch.manual_seed(settings.seed)
     config = settings.generation_config(tokenizer, stop_token_ids)
-    prefix = list(prefix_token_ids or [])
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     results: list[list[str]] = []
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            ids = [prefix + tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
+            ids = encode_prompts(tokenizer, chunk, prefix_token_ids)
             batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
             output = model.generate(**batch, generation_config=config, tokenizer=tokenizer)
             new_tokens = output[:, batch["input_ids"].shape[1] :]

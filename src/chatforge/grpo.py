@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from trl import GRPOConfig, ModelConfig, ScriptArguments
 
 from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
-from chatforge.data import looks_local
-from chatforge.evaluation.math import math_accuracy
+from chatforge.data import looks_local, require_model
+from chatforge.evaluation.math import math_accuracy, question_messages
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.math_data import MATH_FORMATS, load_math_problems
@@ -102,29 +101,25 @@ class ChatGRPOConfig(GRPOConfig):
 
 def check_model_path(name_or_path: str | None) -> str:
     """The starting model must exist; say what makes it."""
-    if not name_or_path:
-        raise RecipeError("model_name_or_path is not set; point it at the SFT model (e.g. outputs/sft)")
-    if looks_local(name_or_path) and not Path(name_or_path).exists():
-        raise RecipeError(
-            f"model not found: {name_or_path}; train the chat model first with "
-            "`python scripts/run_sft.py recipes/sft.yaml` (or run `make demo`)"
-        )
-    return name_or_path
+    return require_model(
+        name_or_path,
+        "model",
+        "the SFT model (e.g. outputs/sft)",
+        "train the chat model first with `python scripts/run_sft.py recipes/sft.yaml` (or run `make demo`)",
+    )
 
 
 def check_vllm(training_args: GRPOConfig) -> None:
     """`use_vllm` needs vLLM installed (and importable); name the extra to install."""
     if not training_args.use_vllm:
         return
-    from chatforge.vllm_backend import INSTALL_HINT, vllm_available
+    from chatforge.vllm_backend import require_vllm
 
-    if not vllm_available():
-        raise RecipeError(f"use_vllm: vLLM is not installed (or does not import); {INSTALL_HINT}, or use_vllm: false")
+    require_vllm("use_vllm", alternative="use_vllm: false")
 
 
-def prompt_messages(question: str, system_prompt: str | None) -> list[dict]:
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [*system, {"role": "user", "content": question}]
+def _at_difficulties(rows: list[dict], difficulties: list[int] | None) -> list[dict]:
+    return rows if difficulties is None else [r for r in rows if r.get("difficulty") in difficulties]
 
 
 def load_grpo_dataset(script_args: GRPOScriptArguments) -> tuple[Dataset, int]:
@@ -137,15 +132,14 @@ def load_grpo_dataset(script_args: GRPOScriptArguments) -> tuple[Dataset, int]:
         script_args.dataset_train_split,
         config_name=script_args.dataset_config or "main",
     )
-    rows = data.rows
-    if script_args.difficulties is not None:
-        rows = [r for r in rows if r.get("difficulty") in script_args.difficulties]
+    rows = _at_difficulties(data.rows, script_args.difficulties)
     if script_args.max_train_problems is not None:
         rows = rows[: script_args.max_train_problems]
     if not rows:
         raise RecipeError(f"{data.source}: no usable problems (skipped {data.skipped}) after the recipe's filters")
     prompts = [
-        {"prompt": prompt_messages(r["question"], script_args.system_prompt), "answer": str(r["answer"])} for r in rows
+        {"prompt": question_messages(r["question"], script_args.system_prompt), "answer": str(r["answer"])}
+        for r in rows
     ]
     return Dataset.from_list(prompts), data.skipped
 
@@ -154,9 +148,7 @@ def load_eval_problems(script_args: GRPOScriptArguments) -> list[dict] | None:
     if not script_args.eval_file:
         return None
     data = load_math_problems(script_args.eval_file, script_args.eval_format, "test")
-    rows = data.rows
-    if script_args.difficulties is not None:
-        rows = [r for r in rows if r.get("difficulty") in script_args.difficulties]
+    rows = _at_difficulties(data.rows, script_args.difficulties)
     rows = rows[: script_args.eval_limit] if script_args.eval_limit else rows
     return rows or None
 

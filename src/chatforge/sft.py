@@ -14,7 +14,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_co
 
 from chatforge.chat_data import check_generation_tags, validate_conversations
 from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
-from chatforge.data import load_corpus, looks_local
+from chatforge.data import load_corpus, looks_local, require_model
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
@@ -84,14 +84,12 @@ class ChatSFTConfig(SFTConfig):
 
 def check_model_path(name_or_path: str | None) -> str:
     """The base model must exist before anything else happens; say what makes it."""
-    if not name_or_path:
-        raise RecipeError("model_name_or_path is not set; point it at a pretrained model (e.g. outputs/pretrain)")
-    if looks_local(name_or_path) and not Path(name_or_path).exists():
-        raise RecipeError(
-            f"base model not found: {name_or_path}; pretrain it first with "
-            "`python scripts/run_pretrain.py recipes/pretrain.yaml` (or run `make demo`)"
-        )
-    return name_or_path
+    return require_model(
+        name_or_path,
+        "base model",
+        "a pretrained model (e.g. outputs/pretrain)",
+        "pretrain it first with `python scripts/run_pretrain.py recipes/pretrain.yaml` (or run `make demo`)",
+    )
 
 
 def load_sft_datasets(script_args: SFTScriptArguments) -> DatasetDict:

