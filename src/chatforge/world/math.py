@@ -6,8 +6,10 @@ and comes with a short solution in which each step is a checkable equation `a op
 also carries `expression`, the whole computation as one arithmetic expression over numbers from the
 question, so anyone can recompute the answer independently.
 
-Difficulty is the number of operations: 1 is one addition or subtraction on small numbers, 2 is two
-steps, 3 is three steps with multiplication or exact division, 4 is four or more steps on larger numbers.
+Difficulty is the number of operations and the size of the numbers: 0 is one addition or subtraction of
+single digits (what a model of a few million parameters can learn), 1 is one addition or subtraction on
+numbers up to 20, 2 is two steps, 3 is three steps with multiplication or exact division, 4 is four or
+more steps on larger numbers.
 
 >>> rows = generate_math_problems(MathConfig(seed=0, num_problems=200), world=World.generate(WorldConfig()))
 >>> rows[0]["question"], rows[0]["answer"], rows[0]["difficulty"]
@@ -28,7 +30,7 @@ from chatforge.world.names import NameGenerator
 if TYPE_CHECKING:
     from chatforge.world.entities import World
 
-DIFFICULTIES: tuple[int, ...] = (1, 2, 3, 4)
+DIFFICULTIES: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 ITEMS = (
     "apples", "marbles", "books", "stamps", "shells", "pencils", "stickers", "cookies", "postcards", "pebbles",
@@ -52,7 +54,7 @@ class MathConfig:
     num_problems: int = field(default=1000, metadata={"help": "Number of distinct problems to generate."})
     difficulties: list[int] = field(
         default_factory=lambda: list(DIFFICULTIES),
-        metadata={"help": "Difficulty levels to generate (1-4), in equal shares, round-robin."},
+        metadata={"help": "Difficulty levels to generate (0-4), in equal shares, round-robin."},
     )
 
     def validate(self) -> None:
@@ -125,6 +127,36 @@ class _Cast:
 
 # A template draws numbers, writes the question and works the solution; it returns (question, answer).
 Template = Callable[[random.Random, _Cast, _Work], tuple[str, _Num]]
+
+
+# ---------- difficulty 0: one addition or subtraction of single digits ----------
+
+
+def _digits_gain(rng: random.Random, cast: _Cast, w: _Work) -> tuple[str, _Num]:
+    (n,), items = cast.people(rng, 1), rng.choice(ITEMS)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    question = rng.choice(
+        [
+            f"{n} has {a} {items} and gets {b} more. How many {items} does {n} have now?",
+            f"{n} has {a} {items}. A friend gives {n} {b} more. How many {items} does {n} have?",
+            f"What is {a} plus {b}?",
+        ]
+    )
+    return question, w.calc(a, "+", b, f"{a} and {b} more make #.")
+
+
+def _digits_loss(rng: random.Random, cast: _Cast, w: _Work) -> tuple[str, _Num]:
+    (n,), items = cast.people(rng, 1), rng.choice(ITEMS)
+    a = rng.randint(2, 9)
+    b = rng.randint(1, a - 1)
+    question = rng.choice(
+        [
+            f"{n} has {a} {items} and eats {b} of them. How many {items} are left?",
+            f"{n} had {a} {items} and lost {b}. How many {items} does {n} have left?",
+            f"What is {a} minus {b}?",
+        ]
+    )
+    return question, w.calc(a, "-", b, f"{b} taken from {a} leaves #.")
 
 
 # ---------- difficulty 1: one addition or subtraction on small numbers ----------
@@ -469,6 +501,7 @@ def _percent(rng: random.Random, cast: _Cast, w: _Work) -> tuple[str, _Num]:
 
 
 TEMPLATES: dict[int, dict[str, Template]] = {
+    0: {"digits_gain": _digits_gain, "digits_loss": _digits_loss},
     1: {"gain": _gain, "loss": _loss, "together": _together, "compare": _compare, "age": _age},
     2: {
         "gain_then_loss": _gain_then_loss,
