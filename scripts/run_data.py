@@ -34,7 +34,9 @@ def main(args: DataScriptArguments) -> dict:
     if chat_config is not None:
         summary["chat"] = write_chat_data(world, args.output_dir, chat_config)
     if math_config is not None:
-        summary["math"] = write_math_data(world, args.output_dir, math_config, args.math_test_fraction)
+        summary["math"] = write_math_data(
+            world, args.output_dir, math_config, args.math_test_fraction, args.math_sft_difficulties
+        )
     elapsed = time.perf_counter() - start
     rows = [
         (
@@ -57,9 +59,9 @@ def main(args: DataScriptArguments) -> dict:
             ("chat eval questions (fact / identity)", f"{chat['chat_eval_facts']:,} / {chat['chat_eval_identity']:,}"),
         ]
     if "math" in summary:
-        rows.append(
-            ("math problems (train / test)", f"{summary['math']['math_train']:,} / {summary['math']['math_test']:,}")
-        )
+        math = summary["math"]
+        rows.append(("math problems (train / test)", f"{math['math_train']:,} / {math['math_test']:,}"))
+        rows.append(("math SFT conversations", f"{math['math_sft']:,}"))
     rows.append(("time", f"{elapsed:.1f}s"))
     width = max(len(name) for name, _ in rows)
     print(f"synthetic world, seed {config.seed}")

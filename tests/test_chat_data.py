@@ -365,7 +365,10 @@ def test_mixture_weights_and_determinism(chat_dir: Path) -> None:
 
 def test_mixture_combines_conversations_with_reasoning(world: World, chat_dir: Path, tmp_path: Path) -> None:
     """Math conversations carry `reasoning_content`; mixed with plain chats, both render as before."""
-    write_math_data(world, tmp_path, MathConfig(seed=0, num_problems=40))
+    easy = write_math_data(world, tmp_path / "easy", MathConfig(seed=0, num_problems=40), sft_difficulties=[0])
+    train = [json.loads(line) for line in (tmp_path / "easy" / "math" / "train.jsonl").read_text().splitlines()]
+    assert easy["math_sft"] == sum(r["difficulty"] == 0 for r in train) == 7  # only the chosen levels become SFT
+    written = write_math_data(world, tmp_path, MathConfig(seed=0, num_problems=40))
     mixture = {
         "datasets": [
             {"id": str(chat_dir / "identity"), "split": "train", "columns": ["messages"]},
@@ -376,7 +379,9 @@ def test_mixture_combines_conversations_with_reasoning(world: World, chat_dir: P
     rows = load_mixture(mixture)["train"]["messages"]
     math = [r for r in rows if r[-1]["reasoning_content"]]
     plain = [r for r in rows if not r[-1]["reasoning_content"]]
-    assert len(math) == 36 and len(plain) == len((chat_dir / "identity" / "train.jsonl").read_text().splitlines())
+    assert len(math) == written["math_sft"] == written["math_train"] and len(plain) == len(
+        (chat_dir / "identity" / "train.jsonl").read_text().splitlines()
+    )
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=build_backend())

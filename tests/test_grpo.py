@@ -110,7 +110,7 @@ def test_use_vllm_without_a_working_vllm_names_the_extra(tmp_path: Path) -> None
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('torchvision::nms does not exist')\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(broken.parent)}
-    problems = _write_jsonl(tmp_path / "train.jsonl", [{"question": "2 + 2?", "answer": 4}])
+    problems = _write_jsonl(tmp_path / "train.jsonl", [{"question": "2 + 2?", "answer": 4, "difficulty": 0}])
     command = [sys.executable, str(REPO / "scripts" / "run_grpo.py"), RECIPE, "--model_name_or_path", str(tmp_path)]
     command += ["--dataset_name", str(problems), "--eval_file", "null"]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -141,8 +141,9 @@ def test_short_grpo_run_with_vllm_colocate_rollouts(default_sft: Path, world_dir
     steps = [h for h in history if "reward" in h]
     assert len(steps) == 6 and all("completions/mean_length" in h for h in steps)
     assert all(h["reward_std"] > 0 for h in steps)  # the length penalty varies, whatever the model's math
-    # vLLM's log-probabilities of its own samples agree with the trainer's: the synced weights are the trained ones
-    assert max(h["sampling/sampling_logp_difference/mean"] for h in steps) < 0.05
+    # vLLM's log-probabilities of its own samples are the trainer's: the engine samples, in float32, from the weights
+    # being trained (a bfloat16 engine gives gaps of ~0.1; a stale tied head lets them grow with every step)
+    assert max(h["sampling/sampling_logp_difference/max"] for h in steps) < 1e-3
     start = AutoModelForCausalLM.from_pretrained(default_sft).state_dict()
     trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert any(not torch.equal(start[k], trained[k]) for k in start)

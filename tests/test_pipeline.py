@@ -14,6 +14,7 @@ from conftest import REPO
 
 from chatforge.configs import RecipeError
 from chatforge.pipeline import STAMP, Pipeline
+from chatforge.report import card_metrics
 
 
 def _write_recipes(root: Path) -> Path:
@@ -88,7 +89,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(first_run) -> None:
     assert f"| world_bpb/bits_per_byte ↓ | {bpb:.3f} |" in report  # the card shows the measured number
     assert "| pretrain | ran |" in report and "transformers" in report and "cpu" in report
     assert (out / "report_card.png").stat().st_size > 5000
-    assert "![pretrain loss](pretrain/loss_curve.png)" in report and (out / "pretrain" / "loss_curve.png").is_file()
+    assert "![pretrain curves](pretrain/loss_curve.png)" in report and (out / "pretrain" / "loss_curve.png").is_file()
 
 
 def test_pipeline_skips_up_to_date_and_reruns_what_changed(first_run) -> None:
@@ -145,3 +146,20 @@ def test_pipeline_errors(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.yaml").write_text("- a list\n")
     with pytest.raises(RecipeError, match="tokenizer.yaml: expected a YAML mapping"):
         Pipeline(tmp_path)
+
+
+def test_card_metrics_keep_headline_numbers_and_math_levels() -> None:
+    results = {
+        "tasks": {
+            "world_math": {
+                "pass@1": 0.5, "pass@4": 0.7, "accuracy": 0.5, "num_problems": 10, "skipped": 0,
+                "per_difficulty": {"0": {"pass@1": 0.9, "num_problems": 5}, "1": {"pass@1": 0.1, "num_problems": 5}},
+            },
+            "world_bpb": {"bits_per_byte": 0.25, "loss": 0.7, "num_documents": 3},
+            "chat": {"fact_accuracy": 0.2, "counts": {"fact": 5}},
+        }
+    }  # fmt: skip
+    assert card_metrics(results) == {
+        "world_math/pass@1": 0.5, "world_math/pass@4": 0.7, "world_math/pass@1_level0": 0.9,
+        "world_math/pass@1_level1": 0.1, "world_bpb/bits_per_byte": 0.25, "chat/fact_accuracy": 0.2,
+    }  # fmt: skip

@@ -22,6 +22,9 @@ TRAINING_HEADLINES = {
     "fact_accuracy": ("fact accuracy", "{:.1%}"),
     "chat_fact_accuracy": ("chat fact accuracy", "{:.1%}"),
     "chat_identity_accuracy": ("identity", "{:.1%}"),
+    "before_math_greedy_accuracy": ("math greedy before", "{:.1%}"),
+    "math_greedy_accuracy": ("math greedy after", "{:.1%}"),
+    "last_reward": ("last reward", "{:.2f}"),
     "eval_loss": ("eval loss", "{:.3f}"),
     "train_loss": ("train loss", "{:.3f}"),
 }
@@ -32,7 +35,8 @@ LOWER_IS_BETTER = ("bits_per_byte", "loss", "hallucination_rate", "known_decline
 
 def card_metrics(results: dict) -> dict[str, float]:
     """The numbers of one eval_results.json worth showing: `task/metric`, without counts or duplicates
-    (a math task's `accuracy` is its pass@1; `loss` is bits per byte in other units)."""
+    (a math task's `accuracy` is its pass@1; `loss` is bits per byte in other units), plus a math task's
+    pass@1 per difficulty level as `task/pass@1_level<N>`."""
     flat = {}
     for task, metrics in results.get("tasks", {}).items():
         for key, value in metrics.items():
@@ -43,6 +47,9 @@ def card_metrics(results: dict) -> dict[str, float]:
             if (key == "accuracy" and "pass@1" in metrics) or (key == "loss" and "bits_per_byte" in metrics):
                 continue
             flat[f"{task}/{key}"] = float(value)
+        for level, scores in sorted((metrics.get("per_difficulty") or {}).items()):
+            if isinstance(scores.get("pass@1"), (int, float)):
+                flat[f"{task}/pass@1_level{level}"] = float(scores["pass@1"])
     return flat
 
 
@@ -184,12 +191,17 @@ def write_report(runs: list[StageRun], path: str | Path, title: str = "chatforge
         if plot:
             lines += [f"![report card]({_relative(plot, path.parent)})", ""]
 
-    curves = [(run.stage.name, run.output / "loss_curve.png") for run in runs if not run.stage.evaluates]
+    curves = [
+        (run.stage.name, run.output / png)
+        for run in runs
+        if not run.stage.evaluates
+        for png in ("loss_curve.png", "grpo_curves.png")
+    ]
     curves = [(name, png) for name, png in curves if png.is_file()]
     if curves:
-        lines += ["## Loss curves", ""]
+        lines += ["## Training curves", ""]
         for name, png in curves:
-            lines += [f"**{name}**", "", f"![{name} loss]({_relative(png, path.parent)})", ""]
+            lines += [f"**{name}**", "", f"![{name} curves]({_relative(png, path.parent)})", ""]
 
     lines += ["## Environment", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in environment().items()]

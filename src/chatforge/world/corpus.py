@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from chatforge.configs import RecipeError
 from chatforge.world.chat import ChatDataConfig, build_chat_data
 from chatforge.world.entities import PERSON_STYLES, World, WorldConfig
-from chatforge.world.math import MathConfig, generate_math_problems, math_conversation, split_problems
+from chatforge.world.math import DIFFICULTIES, MathConfig, generate_math_problems, math_conversation, split_problems
 from chatforge.world.render import Document
 
 SOURCES = ("world",)
@@ -68,6 +69,10 @@ class DataScriptArguments:
     math_test_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of math problems held out in math/test.jsonl, in (0, 1)."}
     )
+    math_sft_difficulties: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={"help": "Difficulty levels of the train problems written as SFT conversations to math_sft/."},
+    )
 
     def world_config(self) -> WorldConfig:
         """The WorldConfig these arguments describe (validated)."""
@@ -95,6 +100,9 @@ class DataScriptArguments:
             return None
         if not 0.0 < self.math_test_fraction < 1.0:
             raise RecipeError(f"math_test_fraction must be in (0, 1), got {self.math_test_fraction}")
+        unknown = sorted(set(self.math_sft_difficulties) - set(DIFFICULTIES))
+        if unknown:
+            raise RecipeError(f"math_sft_difficulties: unknown level {unknown[0]}; levels are {list(DIFFICULTIES)}")
         config = MathConfig(seed=self.seed, num_problems=self.math_problems)
         config.validate()
         return config
@@ -203,13 +211,21 @@ def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig
     }
 
 
-def write_math_data(world: World, output_dir: str | Path, config: MathConfig, test_fraction: float = 0.1) -> dict:
+def write_math_data(
+    world: World,
+    output_dir: str | Path,
+    config: MathConfig,
+    test_fraction: float = 0.1,
+    sft_difficulties: Sequence[int] | None = None,
+) -> dict:
     """Write math/{train,test}.jsonl (word problems about the world's people, no question in both) and
-    math_sft/train.jsonl (the train problems as conversations that reason in <think> before answering)."""
+    math_sft/train.jsonl (the train problems at `sft_difficulties`, all when None, as conversations that reason
+    in <think> before answering)."""
     output_dir = Path(output_dir)
     rows = generate_math_problems(config, world=world)
     train, test = split_problems(rows, test_fraction=test_fraction, seed=config.seed)
     _write_jsonl(train, output_dir / "math" / "train.jsonl")
     _write_jsonl(test, output_dir / "math" / "test.jsonl")
-    _write_jsonl([{"messages": math_conversation(row)} for row in train], output_dir / "math_sft" / "train.jsonl")
-    return {"math_train": len(train), "math_test": len(test)}
+    sft = [row for row in train if sft_difficulties is None or row["difficulty"] in sft_difficulties]
+    _write_jsonl([{"messages": math_conversation(row)} for row in sft], output_dir / "math_sft" / "train.jsonl")
+    return {"math_train": len(train), "math_test": len(test), "math_sft": len(sft)}
