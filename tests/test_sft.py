@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, one_line_error, run_script
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig
 
+from chatforge.configs import RecipeError
 from chatforge.evaluation.math import math_accuracy
 from chatforge.math_data import load_world_math
 from chatforge.sft import ChatSFTConfig, SFTScriptArguments, train
@@ -59,8 +61,10 @@ def tiny_base(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
-def tiny_sft(base: Path, world_dir: Path, output_dir: Path, use_peft: bool = False, **overrides):
-    script_args = SFTScriptArguments(dataset_name=str(world_dir / "sft"), chat_eval_file=None)
+def tiny_sft(
+    base: Path, world_dir: Path, output_dir: Path, use_peft: bool = False, script: dict | None = None, **overrides
+):
+    script_args = SFTScriptArguments(dataset_name=str(world_dir / "sft"), chat_eval_file=None, **(script or {}))
     settings = dict(
         output_dir=str(output_dir),
         max_steps=8,
@@ -132,6 +136,38 @@ def test_packing_fills_rows_and_trains(tiny_base: Path, world_dir: Path, tmp_pat
     assert max(lengths) <= 256 and sum(lengths) / len(lengths) > 200  # several conversations per row
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 4 and all(loss == loss and loss < 20 for loss in losses)
+
+
+def test_replay_mixes_documents_with_loss_on_every_token(tiny_base: Path, world_dir: Path, tmp_path: Path) -> None:
+    replay = {"replay_dataset": str(world_dir / "corpus"), "replay_fraction": 0.25}
+    trainer, metrics = tiny_sft(tiny_base, world_dir, tmp_path, script=replay, max_steps=4)
+    conversations = metrics["train_conversations"]
+    assert metrics["replay_blocks"] == round(conversations / 3) and len(
+        trainer.train_dataset
+    ) == conversations + round(conversations / 3)
+    rows = trainer.train_dataset.select(range(400))
+    blocks = [r for r in rows if -100 not in r["labels"]]  # loss on every token: documents
+    chats = [r for r in rows if -100 in r["labels"]]  # loss on the assistant's tokens only
+    assert 0.15 < len(blocks) / len(rows) < 0.35 and all(len(b["input_ids"]) == 128 for b in blocks)
+    corpus = " ".join(pd.read_parquet(world_dir / "corpus" / "train.parquet")["text"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    pieces = tokenizer.decode(blocks[0]["input_ids"][1:-1]).split(tokenizer.eos_token)  # eos separates documents
+    longest = max(pieces, key=len).strip()
+    assert len(longest) > 50 and longest in corpus  # replay rows are pretraining text
+    assert "<|im_start|>assistant" in tokenizer.decode(chats[0]["input_ids"])  # chats keep their template
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(loss == loss and loss < 20 for loss in losses)
+
+
+def test_bad_replay_settings_fail_before_training(tiny_base: Path, world_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"replay_fraction must be in \[0, 1\), got 1.0"):
+        SFTScriptArguments(replay_dataset="data/world/corpus", replay_fraction=1.0)
+    with pytest.raises(RecipeError, match="set both replay_dataset and replay_fraction > 0 for replay, or neither"):
+        SFTScriptArguments(replay_dataset="data/world/corpus")
+    missing = {"replay_dataset": str(tmp_path / "no_corpus"), "replay_fraction": 0.1}
+    with pytest.raises(RecipeError, match=f"dataset not found: {tmp_path}/no_corpus"):
+        tiny_sft(tiny_base, world_dir, tmp_path / "out", script=missing)
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
 
 
 @pytest.mark.slow

@@ -152,7 +152,7 @@ def load_qa_rows(source: str, split: str) -> list[dict]:
 def load_grpo_dataset(script_args: GRPOScriptArguments) -> tuple[Dataset, int]:
     """Conversational prompts with their gold `answer`; also how many source rows were skipped as unusable."""
     if not script_args.dataset_name:
-        raise RecipeError("dataset_name is not set; point it at problems (e.g. data/world/math or data/world/rl_qa)")
+        raise RecipeError("dataset_name is not set; point it at problems (e.g. data/world/math)")
     if script_args.dataset_format == "chat_qa":
         rows, skipped = load_qa_rows(script_args.dataset_name, script_args.dataset_train_split), 0
         source = script_args.dataset_name

@@ -22,6 +22,7 @@ from chatforge.mixtures import load_mixture
 from chatforge.model_card import write_model_card
 from chatforge.outputs import save_stage_folder
 from chatforge.pretrain import resolve_checkpoint
+from chatforge.replay import mix_in_replay, tokenize_conversations
 from chatforge.tokenizer import make_portable
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,27 @@ class SFTScriptArguments(ScriptArguments):
     merge_adapter: bool = field(
         default=True, metadata={"help": "With use_peft: also write the merged full model to output_dir/merged."}
     )
+    replay_dataset: str | None = field(
+        default=None,
+        metadata={"help": "A text corpus (e.g. data/world/corpus) mixed into the SFT data with loss on every token."},
+    )
+    replay_fraction: float = field(
+        default=0.0, metadata={"help": "Share of the training rows that are replay blocks, in [0, 1)."}
+    )
+    replay_block_size: int = field(default=128, metadata={"help": "Tokens per replay block (pretraining's size)."})
+    replay_text_column: str = field(default="text", metadata={"help": "Text column of replay_dataset."})
 
     def __post_init__(self) -> None:
-        none_if_null(self, "chat_eval_file", "dataset_test_split", "dataset_config", "dataset_name", "dataset_mixture")
+        none_if_null(
+            self, "chat_eval_file", "dataset_test_split", "dataset_config", "dataset_name", "dataset_mixture",
+            "replay_dataset",
+        )  # fmt: skip
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise RecipeError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if (self.replay_dataset is None) != (self.replay_fraction == 0.0):
+            raise RecipeError("set both replay_dataset and replay_fraction > 0 for replay, or neither")
+        if self.replay_block_size < 8:
+            raise RecipeError(f"replay_block_size must be >= 8, got {self.replay_block_size}")
         if isinstance(self.dataset_mixture, str):  # given on the command line as JSON
             try:
                 self.dataset_mixture = json.loads(self.dataset_mixture)
@@ -138,6 +157,19 @@ def train(
     if training_args.assistant_only_loss:
         check_generation_tags(tokenizer.chat_template)
     datasets = load_sft_datasets(script_args)
+    num_conversations = len(datasets["train"])
+    replayed = 0
+    if script_args.replay_dataset:
+        masks = training_args.assistant_only_loss
+        datasets["train"], replayed = mix_in_replay(
+            datasets["train"], tokenizer, script_args.replay_dataset, script_args.replay_fraction,
+            script_args.replay_block_size, training_args.seed, script_args.replay_text_column, masks=masks,
+        )  # fmt: skip
+        if datasets.get("test") is not None:
+            datasets["test"] = tokenize_conversations(datasets["test"], tokenizer, masks=masks)
+        # The data now carry their own loss masks, which TRL applies; it refuses assistant_only_loss on
+        # tokenized rows (it needs conversations to build the mask itself).
+        training_args.assistant_only_loss = False
     transformers.set_seed(training_args.seed)
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -163,7 +195,8 @@ def train(
         train_loss=train_result.training_loss,
         global_step=trainer.state.global_step,
         train_runtime_s=train_result.metrics.get("train_runtime"),
-        train_conversations=len(datasets["train"]),
+        train_conversations=num_conversations,
+        replay_blocks=replayed,
     )
     if datasets.get("test") is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
