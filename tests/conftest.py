@@ -115,6 +115,8 @@ def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytes
         mixture,
         "--chat_eval_file",
         str(world_dir / "chat_eval.jsonl"),
+        "--replay_dataset",
+        str(world_dir / "corpus"),
         "--output_dir",
         str(out),
     )

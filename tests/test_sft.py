@@ -22,12 +22,12 @@ from chatforge.evaluation.math import math_accuracy
 from chatforge.math_data import load_world_math
 from chatforge.sft import ChatSFTConfig, SFTScriptArguments, train
 
-# Measured on the default recipes (see README): chat fact accuracy 0.19 (0.05 before SFT), identity 0.52
-# overall, single-digit word problems 0.72 pass@1 sampled. Floors leave margin for noise across machines.
-CHAT_FACT_FLOOR = 0.12
+# Measured on the default recipes (see README): chat fact accuracy 0.26 (0.05 before SFT), identity 0.35
+# overall and 4/6 on name + creator, level-0 word problems 0.55 greedy. Floors leave margin for noise.
+CHAT_FACT_FLOOR = 0.15
 IDENTITY_FLOOR = 0.25
-IDENTITY_CORE_FLOOR = 4 / 6  # "what is your name" / "who made you" in unseen phrasings
-MATH_LEVEL0_FLOOR = 0.5  # greedy, held-out level-0 problems (0.0 before SFT: the base model never saw them)
+IDENTITY_CORE_FLOOR = 3 / 6  # "what is your name" / "who made you" in unseen phrasings
+MATH_LEVEL0_FLOOR = 0.4  # greedy, held-out level-0 problems (0.0 before SFT: the base model never saw them)
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
