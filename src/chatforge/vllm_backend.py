@@ -54,6 +54,12 @@ class VLLMSettings:
     seed: int = 0
 
 
+def engine_dtype(dtype: str) -> str:
+    """The dtype to build an engine with: on CPU, vLLM's "auto" turns float32 checkpoints into bfloat16, which
+    makes greedy replies differ from HF's float32 ones; there "auto" means float32."""
+    return "float32" if dtype == "auto" and not torch.cuda.is_available() else dtype
+
+
 class VLLMGenerator:
     """`generator(prompts, settings, stop_token_ids=None, prefix_token_ids=None)` on a vLLM engine."""
 
@@ -72,7 +78,7 @@ class VLLMGenerator:
         self.per_request_seed = torch.cuda.is_available()
         self.llm = LLM(
             model=str(model_name_or_path),
-            dtype=settings.dtype,
+            dtype=engine_dtype(settings.dtype),
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_model_len=settings.max_model_len,
             enforce_eager=settings.enforce_eager,
