@@ -1,8 +1,11 @@
-"""Build the training data: by default a deterministic synthetic world rendered as a web-like corpus.
+"""Build the training data: by default a deterministic synthetic world rendered as a web-like corpus; with
+`source: web` the FineWeb-style pipeline on datatrove (crawl in, clean deduplicated corpus out).
 
 Usage:
     python scripts/run_data.py recipes/data.yaml
     python scripts/run_data.py recipes/data.yaml --seed 1 --output_dir data/world-seed1
+    python scripts/run_data.py recipes/data_web.yaml            # the world's simulated crawl -> data/web/corpus
+    python scripts/run_data.py recipes/data_web.yaml --input crawl/ --input_format warc --labels null
 
 Writes OUTPUT_DIR/corpus/{train,validation}.parquet (columns text, id, url; load them with
 `datasets.load_dataset("OUTPUT_DIR/corpus")`), OUTPUT_DIR/facts.jsonl (one cloze fact per line)
@@ -15,7 +18,11 @@ OUTPUT_DIR/math/{train,test}.jsonl (question, answer, solution, difficulty; no q
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
+
+import yaml
 
 from chatforge.configs import exit_on_user_error, parse_recipe
 from chatforge.world import World, write_chat_data, write_corpus, write_math_data
@@ -75,6 +82,27 @@ def main(args: DataScriptArguments) -> dict:
     return summary
 
 
+def recipe_source(argv: list[str]) -> str:
+    """The recipe's `source` (the command line's `--source` wins), read before choosing its arguments class."""
+    if "--source" in argv and argv.index("--source") + 1 < len(argv):
+        return argv[argv.index("--source") + 1]
+    recipe = next((a for a in argv if a.endswith((".yaml", ".yml"))), None)
+    if recipe and Path(recipe).is_file():
+        try:
+            config = yaml.safe_load(Path(recipe).read_text()) or {}
+        except yaml.YAMLError:
+            return "world"  # parse_recipe reports the YAML error with the file name
+        if isinstance(config, dict):
+            return str(config.get("source", "world"))
+    return "world"
+
+
 if __name__ == "__main__":
     with exit_on_user_error():
-        main(*parse_recipe([DataScriptArguments]))
+        if recipe_source(sys.argv[1:]) == "web":
+            from chatforge.web import WebDataArguments, build_web_corpus
+
+            (web_args,) = parse_recipe([WebDataArguments])
+            build_web_corpus(web_args)
+        else:
+            main(*parse_recipe([DataScriptArguments]))

@@ -77,7 +77,10 @@ class DataScriptArguments:
     def world_config(self) -> WorldConfig:
         """The WorldConfig these arguments describe (validated)."""
         if self.source not in SOURCES:
-            raise RecipeError(f"unknown source {self.source!r}; valid sources are: {', '.join(SOURCES)}")
+            raise RecipeError(
+                f"unknown source {self.source!r}; valid sources are: {', '.join(SOURCES)}, "
+                "web (the datatrove pipeline, recipes/data_web.yaml)"
+            )
         config = WorldConfig(
             seed=self.seed,
             num_people=self.num_people,
