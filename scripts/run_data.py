@@ -25,7 +25,15 @@ from pathlib import Path
 import yaml
 
 from chatforge.configs import exit_on_user_error, parse_recipe
-from chatforge.world import World, write_chat_data, write_corpus, write_math_data
+from chatforge.world import (
+    CrawlConfig,
+    World,
+    build_crawl,
+    write_chat_data,
+    write_corpus,
+    write_crawl,
+    write_math_data,
+)
 from chatforge.world.corpus import DataScriptArguments
 
 
@@ -40,6 +48,10 @@ def main(args: DataScriptArguments) -> dict:
     summary = write_corpus(world, args.output_dir)
     if chat_config is not None:
         summary["chat"] = write_chat_data(world, args.output_dir, chat_config)
+    if args.crawl:
+        summary["crawl"] = write_crawl(
+            build_crawl(world, CrawlConfig(seed=config.seed)), Path(args.output_dir) / "crawl"
+        )
     if math_config is not None:
         summary["math"] = write_math_data(
             world, args.output_dir, math_config, args.math_test_fraction, args.math_sft_difficulties
@@ -69,6 +81,12 @@ def main(args: DataScriptArguments) -> dict:
         math = summary["math"]
         rows.append(("math problems (train / test)", f"{math['math_train']:,} / {math['math_test']:,}"))
         rows.append(("math SFT conversations", f"{math['math_sft']:,}"))
+    if "crawl" in summary:
+        kinds = summary["crawl"]["kinds"]
+        noise = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in kinds.items() if kind != "good")
+        rows.append(
+            ("crawl pages (good + noise)", f"{summary['crawl']['pages']:,} ({kinds.get('good', 0):,} + {noise})")
+        )
     rows.append(("time", f"{elapsed:.1f}s"))
     width = max(len(name) for name, _ in rows)
     print(f"synthetic world, seed {config.seed}")
@@ -79,6 +97,8 @@ def main(args: DataScriptArguments) -> dict:
         print(f"wrote {args.output_dir}/sft/{{train,test}}.jsonl, identity/train.jsonl, chat_eval.jsonl")
     if "math" in summary:
         print(f"wrote {args.output_dir}/math/{{train,test}}.jsonl")
+    if "crawl" in summary:
+        print(f"wrote {args.output_dir}/crawl/crawl.warc.gz, labels.jsonl (for recipes/data_web.yaml)")
     return summary
 
 

@@ -48,6 +48,7 @@ class Stage:
 # In order. Stages whose recipe file is absent from the recipes folder are left out.
 STAGES: tuple[Stage, ...] = (
     Stage("data", "run_data.py", "data.yaml"),
+    Stage("web", "run_data.py", "data_web.yaml", after=("data",)),
     Stage("tokenizer", "train_tokenizer.py", "tokenizer.yaml", after=("data",)),
     Stage("pretrain", "run_pretrain.py", "pretrain.yaml", after=("data", "tokenizer"), resumable=True, launch=True),
     Stage("sft", "run_sft.py", "sft.yaml", after=("data", "pretrain"), resumable=True, launch=True),

@@ -57,3 +57,26 @@ def plot_curves(log_history: list[dict], series: dict[str, str], path: str | Pat
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_funnel(steps: list[str], documents: list[int], tokens: list[int], path: str | Path) -> Path | None:
+    """Horizontal bars of documents (and estimated tokens) left after each pipeline step; None if no steps."""
+    if not steps:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.42 * len(steps) + 1.2), sharey=True)
+    positions = list(range(len(steps)))[::-1]
+    for ax, values, label in ((axes[0], documents, "documents out"), (axes[1], tokens, "tokens out (est.)")):
+        ax.barh(positions, values, color="#4c72b0")
+        top = max(values) or 1
+        for y, value in zip(positions, values):
+            ax.text(value + top * 0.01, y, f"{value:,}", va="center", fontsize=8)
+        ax.set_xlim(0, top * 1.18)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(positions, steps)
+    fig.suptitle("web data funnel")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -28,7 +28,18 @@ TRAINING_HEADLINES = {
     "eval_loss": ("eval loss", "{:.3f}"),
     "train_loss": ("train loss", "{:.3f}"),
 }
-PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "peft", "vllm", "chatforge")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "peft",
+    "vllm",
+    "datatrove",
+    "chatforge",
+)
 # Lower is better for these; everything else in the card is higher-is-better.
 LOWER_IS_BETTER = ("bits_per_byte", "loss", "hallucination_rate", "known_decline_rate")
 
@@ -172,6 +183,15 @@ def write_report(runs: list[StageRun], path: str | Path, title: str = "chatforge
         status = run.status + (" (recorded time)" if run.status == "up to date" and run.seconds else "")
         lines.append(f"| {run.stage.name} | {status} | {seconds} | `{run.output}` | {headline} |")
     lines += ["", f"Total stage time: {total / 60:.1f} min.", ""]
+
+    for run in runs:
+        funnel = run.output / "funnel.json"
+        if funnel.is_file() and not run.stage.evaluates:
+            from chatforge.web.funnel import funnel_markdown  # datatrove is an extra; only needed for web stages
+
+            lines += [f"## Web data funnel ({run.stage.name})", ""] + funnel_markdown(json.loads(funnel.read_text()))
+            png = run.output / "funnel.png"
+            lines += [""] + ([f"![web data funnel]({_relative(png, path.parent)})", ""] if png.is_file() else [])
 
     card: dict[str, dict[str, float]] = {}
     for run in runs:

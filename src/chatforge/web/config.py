@@ -72,6 +72,25 @@ class WebDataArguments:
     gopher_quality: bool = field(default=True, metadata={"help": "Gopher quality filter."})
     c4_quality: bool = field(default=True, metadata={"help": "C4 quality filter (as FineWeb: keeps lines w/o dot)."})
     fineweb_quality: bool = field(default=True, metadata={"help": "FineWeb quality filter."})
+    gopher_repetition_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Thresholds for GopherRepetitionFilter (e.g. top_n_grams); default: its own."}
+    )
+    gopher_quality_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Thresholds for GopherQualityFilter (e.g. min_doc_words: 10)."}
+    )
+    c4_quality_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Thresholds for C4QualityFilter (e.g. min_num_sentences: 2)."}
+    )
+    fineweb_quality_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Thresholds for FineWebQualityFilter (e.g. line_punct_thr)."}
+    )
+    extractor_deduplicate: bool = field(
+        default=False,
+        metadata={
+            "help": "trafilatura's own deduplication: drops a paragraph seen 4+ times before in the same worker, "
+            "so the output depends on reading order and worker count (off: MinHash does dedup)."
+        },
+    )
     minhash: bool = field(default=True, metadata={"help": "MinHash near-duplicate removal (4 stages)."})
     minhash_ngrams: int = field(default=5, metadata={"help": "Word n-gram size of the MinHash shingles."})
     minhash_buckets: int = field(default=14, metadata={"help": "LSH bands."})
@@ -84,22 +103,13 @@ class WebDataArguments:
         default=None,
         metadata={"help": "labels.jsonl of a simulated crawl (kind of each URL): score every step against it."},
     )
-    tokenizer: str | None = field(
-        default=None,
-        metadata={"help": "Tokenizer (path or Hub id) to count tokens in the funnel; default: chars / 4."},
-    )
 
     def __post_init__(self) -> None:
-        for name in ("glob_pattern", "labels", "tokenizer"):
+        for name in ("glob_pattern", "labels"):
             if getattr(self, name) in ("", "null", "None"):
                 setattr(self, name, None)
-        if self.executor_kwargs in (None, "", "null", "None"):
-            self.executor_kwargs = {}
-        elif isinstance(self.executor_kwargs, str):
-            try:
-                self.executor_kwargs = json.loads(self.executor_kwargs)
-            except json.JSONDecodeError as err:
-                raise RecipeError(f"executor_kwargs is not a JSON object: {err}") from None
+        for name in KWARGS_FIELDS:
+            setattr(self, name, _as_dict(name, getattr(self, name)))
 
     def validate(self) -> None:
         """Check every setting before any work; raise RecipeError naming the field and what was expected."""
@@ -150,6 +160,29 @@ class WebDataArguments:
     @property
     def extracts_html(self) -> bool:
         return self.input_format in HTML_FORMATS
+
+
+KWARGS_FIELDS = (
+    "executor_kwargs",
+    "gopher_repetition_kwargs",
+    "gopher_quality_kwargs",
+    "c4_quality_kwargs",
+    "fineweb_quality_kwargs",
+)
+
+
+def _as_dict(name: str, value: dict | str | None) -> dict:
+    """A mapping field given in YAML (a dict) or on the command line (a JSON string)."""
+    if value in (None, "", "null", "None"):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"{name} is not a JSON object: {err}") from None
+    if not isinstance(value, dict):
+        raise RecipeError(f"{name} must be a mapping of argument: value, got {type(value).__name__}")
+    return value
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -8,22 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from chatforge.web.config import WebDataArguments
-from chatforge.web.funnel import format_funnel, funnel_rows, write_funnel
+from chatforge.web.funnel import SCORE_NAMES, format_funnel, funnel_rows, write_funnel
 from chatforge.web.pipeline import run_pipeline
 from chatforge.web.scoring import score_run
 
 logger = logging.getLogger(__name__)
-
-# The scores shown under the funnel when the crawl has labels, in this order.
-SCORE_NAMES = (
-    ("good_kept", "good pages kept"),
-    ("blocked_removed", "blocked URLs removed"),
-    ("non_english_removed", "non-English pages removed"),
-    ("spam_removed", "spam pages removed"),
-    ("dedup_precision", "dedup precision"),
-    ("dedup_recall", "dedup recall"),
-    ("pii_removed", "planted PII removed"),
-)
 
 
 def build_web_corpus(args: WebDataArguments) -> dict[str, Any]:

@@ -10,10 +10,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatforge.plots import plot_funnel
 from chatforge.web.pipeline import load_stage_stats
 
 STAGES = ("filter", "minhash_signatures", "minhash_buckets", "minhash_clusters", "output")
-CHARS_PER_TOKEN = 4.0  # the funnel's token estimate when no tokenizer is given
+CHARS_PER_TOKEN = 4.0  # the funnel's token estimate (the tokenizer is trained on this corpus, later)
+# Scores against a simulated crawl's labels (chatforge.web.scoring), in the order shown.
+SCORE_NAMES = (
+    ("good_kept", "good pages kept"),
+    ("blocked_removed", "blocked URLs removed"),
+    ("non_english_removed", "non-English pages removed"),
+    ("spam_removed", "spam pages removed"),
+    ("dedup_precision", "dedup precision"),
+    ("dedup_recall", "dedup recall"),
+    ("pii_removed", "planted PII removed"),
+)
 
 
 @dataclass
@@ -127,4 +138,26 @@ def write_funnel(output_dir: str | Path, extra: dict[str, Any] | None = None) ->
         **(extra or {}),
     }
     Path(output_dir, "funnel.json").write_text(json.dumps(record, indent=1) + "\n")
+    plot_funnel(
+        [row.step for row in rows],
+        [row.docs_out for row in rows],
+        [row.tokens_out for row in rows],
+        Path(output_dir, "funnel.png"),
+    )
     return record
+
+
+def funnel_markdown(record: dict[str, Any]) -> list[str]:
+    """funnel.json as markdown lines: the step table, then the scores against the crawl's labels (if any)."""
+    lines = ["| step | docs in | docs out | tokens out (est.) | removed (reason: docs) |", "|---|---|---|---|---|"]
+    for row in record.get("rows", []):
+        lines.append(
+            f"| {row['step']} | {row['docs_in']:,} | {row['docs_out']:,} | {row['tokens_out']:,} "
+            f"| {_reasons(row.get('removed', {}))} |"
+        )
+    scores = record.get("scores") or {}
+    shown = [(name, scores[key]) for key, name in SCORE_NAMES if isinstance(scores.get(key), (int, float))]
+    if shown:
+        lines += ["", "| against the crawl's labels | |", "|---|---|"]
+        lines += [f"| {name} | {value:.1%} |" for name, value in shown]
+    return lines

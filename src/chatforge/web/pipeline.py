@@ -37,6 +37,7 @@ from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from datatrove.utils.hashing import HashConfig
 
+from chatforge.configs import RecipeError
 from chatforge.web.config import GLOBS, WebDataArguments
 from chatforge.web.steps import (
     HtmlFolderReader,
@@ -57,6 +58,30 @@ FILTER_STEPS = (
     ("c4_quality", "c4_quality"),
     ("fineweb_quality", "fineweb_quality"),
 )
+
+
+# Quality filters: recipe name, datatrove class, chatforge's defaults (C4 as in FineWeb: lines without a final
+# period are kept). The recipe's `<name>_kwargs` override them.
+QUALITY_FILTERS = (
+    ("gopher_repetition", GopherRepetitionFilter, {}),
+    ("gopher_quality", GopherQualityFilter, {}),
+    ("c4_quality", C4QualityFilter, {"filter_no_terminal_punct": False}),
+    ("fineweb_quality", FineWebQualityFilter, {}),
+)
+
+
+def check_filter_kwargs(args: WebDataArguments) -> None:
+    """Every `<filter>_kwargs` key must be an argument of that datatrove filter (clear error before any work)."""
+    import inspect
+
+    for name, cls, _ in QUALITY_FILTERS:
+        given = getattr(args, f"{name}_kwargs")
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "exclusion_writer"}
+        unknown = sorted(set(given) - accepted)
+        if unknown:
+            raise RecipeError(
+                f"{name}_kwargs: {unknown[0]!r} is not an argument of {cls.__name__}; it takes {', '.join(sorted(accepted))}"
+            )
 
 
 @dataclass
@@ -133,7 +158,9 @@ def filter_steps(args: WebDataArguments) -> list:
         )
         index += 1
     if args.extracts_html:
-        steps.append(Trafilatura(favour_precision=True, timeout=args.extractor_timeout))
+        steps.append(
+            Trafilatura(favour_precision=True, timeout=args.extractor_timeout, deduplicate=args.extractor_deduplicate)
+        )
     if args.languages:
         steps.append(
             Pycld2LanguageFilter(
@@ -141,14 +168,9 @@ def filter_steps(args: WebDataArguments) -> list:
             )
         )
         index += 1
-    quality = (
-        ("gopher_repetition", GopherRepetitionFilter, {}),
-        ("gopher_quality", GopherQualityFilter, {}),
-        ("c4_quality", C4QualityFilter, {"filter_no_terminal_punct": False}),
-        ("fineweb_quality", FineWebQualityFilter, {}),
-    )
-    for name, cls, kwargs in quality:
+    for name, cls, defaults in QUALITY_FILTERS:
         if getattr(args, name):
+            kwargs = {**defaults, **getattr(args, f"{name}_kwargs")}
             steps.append(cls(**kwargs, exclusion_writer=_excluded(args, index, name)))
             index += 1
     steps.append(JsonlWriter(str(Path(args.output_dir) / "work" / "filtered")))
@@ -232,8 +254,6 @@ def make_executor(args: WebDataArguments, stage: Stage, depends: PipelineExecuto
 
         kwargs.setdefault("time", "04:00:00")
         if "partition" not in kwargs:
-            from chatforge.configs import RecipeError
-
             raise RecipeError("executor slurm needs executor_kwargs.partition (and usually time, cpus_per_task)")
         return SlurmPipelineExecutor(
             stage.steps,
@@ -251,6 +271,7 @@ def make_executor(args: WebDataArguments, stage: Stage, depends: PipelineExecuto
 def run_pipeline(args: WebDataArguments) -> list[str]:
     """Run every stage; return the stage names. Local stages run one after another in this process."""
     args.validate()
+    check_filter_kwargs(args)
     stages = build_stages(args)
     executor = None
     ran = []

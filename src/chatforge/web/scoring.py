@@ -57,7 +57,7 @@ def removed_documents(output_dir: str | Path) -> dict[str, tuple[str, str]]:
 
 
 def score_run(output_dir: str | Path, labels_path: str | Path) -> dict[str, Any]:
-    """Per-kind outcomes, dedup precision/recall, PII left and the share of good pages kept."""
+    """Per-kind outcomes, dedup precision/recall, PII left and the share of good pages kept (itself or a copy)."""
     labels = read_labels(labels_path)
     kept = kept_documents(output_dir)
     removed = removed_documents(output_dir)
@@ -73,7 +73,10 @@ def score_run(output_dir: str | Path, labels_path: str | Path) -> dict[str, Any]
             return None
         return sum(n for outcome, n in counts.items() if outcome_test(outcome)) / sum(counts.values())
 
-    result["good_kept"] = share("good", lambda o: o == "kept")
+    # a good page whose copy stayed in its place is kept content: MinHash keeps any one member of a group
+    copies_kept = {label.get("source_url") for url, label in labels.items() if url in kept and label.get("source_url")}
+    good = [url for url, label in labels.items() if label["kind"] == "good"]
+    result["good_kept"] = sum(url in kept or url in copies_kept for url in good) / len(good) if good else None
     result["spam_removed"] = share("spam", lambda o: o != "kept")
     result["non_english_removed"] = share("non_english", lambda o: o != "kept")
     result["blocked_removed"] = share("blocked", lambda o: o != "kept")

@@ -126,7 +126,9 @@ class OfflineURLFilter(URLFilter):
         super().__init__(**kwargs)
         from tldextract import TLDExtract
 
-        self.tldextractor = TLDExtract(suffix_list_urls=())
+        # `.example`/`.test` are reserved test TLDs (RFC 2606) missing from the suffix list: without them a
+        # blocked domain such as casino.example would never match
+        self.tldextractor = TLDExtract(suffix_list_urls=(), extra_suffixes=("example", "test"))
 
 
 class Pycld2LanguageFilter(BaseFilter):

@@ -5,6 +5,7 @@
 >>> write_corpus(world, "data/world")
 >>> write_chat_data(world, "data/world")  # sft/, identity/, chat_eval.jsonl
 >>> write_math_data(world, "data/world", MathConfig(num_problems=2000))  # math/{train,test}.jsonl
+>>> write_crawl(build_crawl(world, CrawlConfig()), "data/crawl")  # crawl.warc.gz + labels.jsonl
 """
 
 from chatforge.world.chat import (
@@ -22,6 +23,7 @@ from chatforge.world.corpus import (
     write_corpus,
     write_math_data,
 )
+from chatforge.world.crawl import BLOCKED_DOMAINS, CrawlConfig, CrawlPage, build_crawl, write_crawl
 from chatforge.world.entities import (
     PERSON_STYLES,
     RELATIONS,
@@ -40,6 +42,7 @@ from chatforge.world.render import Document, render_documents
 __all__ = [
     "ASSISTANT_CREATOR",
     "ASSISTANT_NAME",
+    "BLOCKED_DOMAINS",
     "DEFAULT_SYSTEM_PROMPT",
     "ChatData",
     "ChatDataConfig",
@@ -47,6 +50,8 @@ __all__ = [
     "RELATIONS",
     "City",
     "Country",
+    "CrawlConfig",
+    "CrawlPage",
     "DataScriptArguments",
     "Document",
     "Fact",
@@ -56,6 +61,7 @@ __all__ = [
     "World",
     "WorldConfig",
     "build_chat_data",
+    "build_crawl",
     "generate_math_problems",
     "generate_world",
     "render_documents",
@@ -63,5 +69,6 @@ __all__ = [
     "split_problems",
     "write_chat_data",
     "write_corpus",
+    "write_crawl",
     "write_math_data",
 ]

@@ -62,6 +62,13 @@ class DataScriptArguments:
     sft_test_fraction: float = field(
         default=0.05, metadata={"help": "Fraction of SFT conversations put in sft/test.jsonl (for eval loss)."}
     )
+    crawl: bool = field(
+        default=True,
+        metadata={
+            "help": "Also write crawl/crawl.warc.gz and crawl/labels.jsonl: the world's pages as a web crawl with "
+            "labelled spam, duplicates, non-English pages, blocked URLs and planted PII (recipes/data_web.yaml)."
+        },
+    )
     math_problems: int = field(
         default=2000,
         metadata={"help": "Arithmetic word problems about the world written to math/{train,test}.jsonl (0: none)."},

@@ -37,6 +37,16 @@ _CHROME: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         "Plan your trip",
         ("Packing checklist", "Travel insurance explained", "Best time to visit"),
     ),
+    "aggregator": (
+        ("Top stories", "Latest", "Trending", "Archive", "About us"),
+        "Trending now",
+        ("Stories you may have missed", "Reader favourites", "From around the web"),
+    ),
+    "shop": (
+        ("Home", "Deals", "Best sellers", "Cart", "Checkout"),
+        "Hot offers",
+        ("Free shipping today", "Clearance sale", "Gift cards"),
+    ),
 }
 
 
@@ -46,17 +56,25 @@ def _site_name(site: str) -> str:
     return core.capitalize()
 
 
-def render_page(site: str, url: str, style: str, title: str, blocks: Sequence[tuple[str, str]]) -> str:
-    """A full HTML page whose `<main><article>` holds the title and the (heading or paragraph) blocks."""
+def _block(site: str, tag: str, text: str, index: int) -> str:
+    if tag == "a":  # a paragraph that is a single link (link farms)
+        return f'      <p><a href="https://{site}/go/{index}">{escape(text)}</a></p>'
+    return f"      <{tag}>{escape(text)}</{tag}>"
+
+
+def render_page(
+    site: str, url: str, style: str, title: str, blocks: Sequence[tuple[str, str]], lang: str = "en"
+) -> str:
+    """A full HTML page whose `<main><article>` holds the title and the blocks ("h2", "p", or "a" for a link)."""
     name = _site_name(site)
     menu, side_title, side_links = _CHROME[style]
     nav = "\n".join(f'        <li><a href="https://{site}/{i}">{escape(item)}</a></li>' for i, item in enumerate(menu))
     side = "\n".join(
         f'        <li><a href="https://{site}/s/{i}">{escape(link)}</a></li>' for i, link in enumerate(side_links)
     )
-    body = "\n".join(f"      <{tag}>{escape(text)}</{tag}>" for tag, text in blocks)
+    body = "\n".join(_block(site, tag, text, i) for i, (tag, text) in enumerate(blocks))
     return f"""<!DOCTYPE html>
-<html lang="en">
+<html lang="{lang}">
 <head>
   <meta charset="utf-8">
   <title>{escape(title)} | {name}</title>

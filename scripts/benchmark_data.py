@@ -1,0 +1,97 @@
+"""Web pipeline speed: documents per second per core for each step, on real pages.
+
+Usage:
+    python scripts/benchmark_data.py                       # ../shared/data/web: 110 HTML pages, CC text documents
+    python scripts/benchmark_data.py --output docs/benchmarks.md
+    python scripts/benchmark_data.py --inputs html=path/to/pages jsonl=path/to/docs
+
+Each input runs through the whole pipeline (recipes/data_web.yaml's steps, every language kept so the quality
+filters see every page) with one task in one process, so each step's time is one core's. Rates come from the
+time datatrove measured inside each step (reading files, extracting, filtering, hashing), over the documents
+that step received. The table is printed and, with `--output`, written into that markdown file between
+`<!-- data -->` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+from chatforge.configs import RecipeError, exit_on_user_error
+from chatforge.report import environment
+from chatforge.web import WebDataArguments, build_web_corpus, funnel_rows
+from chatforge.web.pipeline import load_stage_stats
+
+SHARED_WEB = Path(__file__).resolve().parents[2] / "shared" / "data" / "web"
+DEFAULT_INPUTS = [f"html={SHARED_WEB / 'html'}", f"jsonl={SHARED_WEB / 'cc_jsonl'}"]
+MARK_START, MARK_END = "<!-- data -->", "<!-- /data -->"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", nargs="+", default=DEFAULT_INPUTS, help="FORMAT=PATH pairs.")
+    parser.add_argument("--output", default=None, help="Markdown file to write the table into.")
+    return parser.parse_args()
+
+
+def measure(input_format: str, path: str) -> list[tuple[str, int, float]]:
+    """(step, documents in, seconds) for every step of one pipeline run over `path`."""
+    with tempfile.TemporaryDirectory() as out:
+        args = WebDataArguments(
+            input=path, input_format=input_format, output_dir=out, tasks=1, workers=1, languages=[], labels=None
+        )
+        build_web_corpus(args)
+        rows = [(row.step, row.docs_in, row.seconds) for row in funnel_rows(out)]
+        for step in load_stage_stats(out, "minhash_signatures"):
+            if "MinHash" in step["name"]:
+                time_stats = step.get("time_stats") or {}
+                rows.insert(-3, ("MinHash signatures", step["stats"].get("total", 0), time_stats.get("total", 0.0)))
+    return rows
+
+
+def format_table(results: dict[str, list[tuple[str, int, float]]]) -> str:
+    lines = ["| input | step | documents | seconds | documents/s per core |", "|---|---|---|---|---|"]
+    for name, rows in results.items():
+        for step, docs, seconds in rows:
+            if not docs or seconds <= 0:
+                continue
+            lines.append(f"| {name} | {step} | {docs:,} | {seconds:.2f} | {docs / seconds:,.0f} |")
+    return "\n".join(lines)
+
+
+def write_table(path: Path, table: str) -> None:
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    block = f"{MARK_START}\n{table}\n{MARK_END}"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        text = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Web data pipeline: documents per second per core\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    args = parse_args()
+    results = {}
+    for item in args.inputs:
+        input_format, sep, path = item.partition("=")
+        if not sep or not Path(path).exists():
+            raise RecipeError(f"--inputs expects FORMAT=PATH with an existing path, got {item!r}")
+        results[f"{input_format}: {Path(path).name}"] = measure(input_format, path)
+    env = environment()
+    table = (
+        f"Measured on {env['cpu']}, one task per run (one core); datatrove {env.get('datatrove', '?')}, "
+        f"commit {env.get('commit', '?')}.\n\n" + format_table(results)
+    )
+    print(table)
+    if args.output:
+        write_table(Path(args.output), table)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    with exit_on_user_error():
+        main()
