@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 from chatforge.configs import RecipeError
@@ -26,12 +27,17 @@ def _write_recipes(root: Path) -> Path:
         f"output_dir: {world}\nnum_people: 30\nnum_heldout_people: 6\nnum_cities: 8\nnum_countries: 3\n"
         "num_organisations: 6\nsft_identity_conversations: 20\n"
     )
+    web = yaml.safe_load((REPO / "recipes" / "data_web.yaml").read_text())  # the default web recipe, one task
+    web.update(input=f"{world}/crawl", labels=f"{world}/crawl/labels.jsonl", output_dir=str(root / "data" / "web"))
+    (recipes / "data_web.yaml").write_text(yaml.safe_dump({**web, "tasks": 1}))
+    # tokenizer and pretraining read the web pipeline's corpus: the recipe switch, which makes them depend on it
     (recipes / "tokenizer.yaml").write_text(
-        f"dataset_name: {world}/corpus\nvocab_size: 400\noutput_dir: {out}/tokenizer\n"
+        f"dataset_name: {root}/data/web/corpus\nvocab_size: 400\noutput_dir: {out}/tokenizer\n"
         f"chat_template: {REPO}/chat_templates/chatml.jinja\n"
     )
     (recipes / "pretrain.yaml").write_text(
-        f"dataset_name: {world}/corpus\ntokenizer_name_or_path: {out}/tokenizer\nfacts_file: {world}/facts.jsonl\n"
+        f"dataset_name: {root}/data/web/corpus\ntokenizer_name_or_path: {out}/tokenizer\n"
+        f"facts_file: {world}/facts.jsonl\n"
         "block_size: 64\nhidden_size: 32\nnum_hidden_layers: 1\nnum_attention_heads: 2\nnum_key_value_heads: 1\n"
         "intermediate_size: 64\nmax_position_embeddings: 128\nmax_steps: 12\nper_device_train_batch_size: 8\n"
         "learning_rate: 3.0e-3\nlogging_steps: 4\neval_strategy: steps\neval_steps: 6\nsave_strategy: steps\n"
@@ -78,7 +84,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(first_run) -> None:
     recipes, result = first_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert _statuses(result.stdout) == {
-        "data": "ran", "tokenizer": "ran", "pretrain": "ran", "eval_pretrain": "ran",
+        "data": "ran", "web": "ran", "tokenizer": "ran", "pretrain": "ran", "eval_pretrain": "ran",
     }  # fmt: skip
     out = recipes.parent / "outputs"
     stamp = json.loads((out / "pretrain" / STAMP).read_text())
@@ -90,6 +96,9 @@ def test_pipeline_runs_every_stage_and_writes_the_report(first_run) -> None:
     assert "| pretrain | ran |" in report and "transformers" in report and "cpu" in report
     assert (out / "report_card.png").stat().st_size > 5000
     assert "![pretrain curves](pretrain/loss_curve.png)" in report and (out / "pretrain" / "loss_curve.png").is_file()
+    funnel = json.loads((recipes.parent / "data" / "web" / "funnel.json").read_text())
+    assert "## Web data funnel (web)" in report and f"| Parquet | {funnel['documents_out']:,} |" in report
+    assert "| dedup recall |" in report and "![web data funnel](../data/web/funnel.png)" in report
 
 
 def test_pipeline_skips_up_to_date_and_reruns_what_changed(first_run) -> None:
@@ -108,12 +117,23 @@ def test_pipeline_skips_up_to_date_and_reruns_what_changed(first_run) -> None:
         [sys.executable, str(REPO / "scripts" / "pipeline.py"), str(recipes), "--dry_run"],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert plan.stdout.split() == "data: up to date tokenizer: up to date pretrain: run eval_pretrain: run".split()
+    expected = "data: up to date web: up to date tokenizer: up to date pretrain: run eval_pretrain: run"
+    assert plan.stdout.split() == expected.split()
     changed = _pipeline(recipes)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert _statuses(changed.stdout) == {
-        "data": "up to date", "tokenizer": "up to date", "pretrain": "ran", "eval_pretrain": "ran",
+        "data": "up to date", "web": "up to date", "tokenizer": "up to date", "pretrain": "ran", "eval_pretrain": "ran",
     }  # fmt: skip
+    web = recipes / "data_web.yaml"  # a changed web recipe reruns what reads its corpus: tokenizer, pretraining
+    original = web.read_text()
+    web.write_text(original.replace("validation_fraction: 0.05", "validation_fraction: 0.1"))
+    plan = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "pipeline.py"), str(recipes), "--dry_run"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    expected = "data: up to date web: run tokenizer: run pretrain: run eval_pretrain: run"
+    web.write_text(original)
+    assert plan.stdout.split() == expected.split()
     assert (out / "pretrain" / "model.safetensors").read_bytes() != weights
     assert (out / "pretrain.previous" / "model.safetensors").read_bytes() == weights  # moved aside, not lost
 

@@ -90,7 +90,12 @@ def test_corpus_is_clean_text_that_pretraining_loads(cleaned, crawl: Path) -> No
 def test_funnel_adds_up_and_is_written(cleaned) -> None:
     out, record = cleaned
     rows = funnel_rows(out)
-    assert [r.step for r in rows][:4] == ["WARC (tolerant)", "URL filter (offline)", "Trafilatura", "Language ID (pycld2)"]
+    assert [r.step for r in rows][:4] == [
+        "WARC (tolerant)",
+        "URL filter (offline)",
+        "Trafilatura",
+        "Language ID (pycld2)",
+    ]
     for before, after in zip(rows, rows[1:]):
         assert after.docs_in == before.docs_out
     assert json.loads((out / "funnel.json").read_text())["documents_out"] == rows[-1].docs_out

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,12 +44,13 @@ class Stage:
     resumable: bool = False  # a training stage with checkpoints
     evaluates: str | None = None  # an evaluation stage: the stage whose model it scores
     launch: bool = False  # run under the pipeline's launcher (e.g. `accelerate launch`)
+    resumes_itself: bool = False  # its script skips the work already in its output folder (datatrove tasks)
 
 
 # In order. Stages whose recipe file is absent from the recipes folder are left out.
 STAGES: tuple[Stage, ...] = (
     Stage("data", "run_data.py", "data.yaml"),
-    Stage("web", "run_data.py", "data_web.yaml", after=("data",)),
+    Stage("web", "run_data.py", "data_web.yaml", after=("data",), resumes_itself=True),
     Stage("tokenizer", "train_tokenizer.py", "tokenizer.yaml", after=("data",)),
     Stage("pretrain", "run_pretrain.py", "pretrain.yaml", after=("data", "tokenizer"), resumable=True, launch=True),
     Stage("sft", "run_sft.py", "sft.yaml", after=("data", "pretrain"), resumable=True, launch=True),
@@ -136,6 +138,7 @@ class Pipeline:
         self.force = set(force or [])
         self.recipes = {s.name: read_recipe(self.recipes_dir / s.recipe) for s in present}
         self.runs: dict[str, StageRun] = {}
+        self.upstream = {s.name: self._upstream(s, present) for s in present}
         for stage in present:  # fingerprints of every present stage, so upstream changes propagate
             self.runs[stage.name] = StageRun(stage, self.output_of(stage), self._fingerprint(stage))
             self.runs[stage.name].command = self._command(stage)
@@ -153,6 +156,20 @@ class Pipeline:
             raise RecipeError(f"{self.recipes_dir / stage.recipe}: needs an output_dir for the pipeline")
         return Path(output)
 
+    def _upstream(self, stage: Stage, present: list[Stage]) -> tuple[str, ...]:
+        """The stages `stage` reads from: its `after` list, plus any earlier stage whose output folder its recipe
+        names (so `dataset_name: data/web/corpus` in pretrain.yaml makes pretraining depend on the web stage)."""
+        if stage.evaluates:  # evaluation stages get their model on the command line, not from the recipe
+            return stage.after
+        text = (self.recipes_dir / stage.recipe).read_text()
+        named = []
+        for other in present[: present.index(stage)]:
+            output = self.recipes[other.name].get("output_dir") if not other.evaluates else None
+            mentioned = output and re.search(re.escape(str(output).rstrip("/")) + r"(?=[/\s'\"]|$)", text, re.M)
+            if mentioned and other.name not in stage.after:
+                named.append(other.name)
+        return (*stage.after, *named)
+
     def _command(self, stage: Stage) -> list[str]:
         args = [str(self.recipes_dir / stage.recipe)]
         if stage.evaluates:
@@ -169,7 +186,7 @@ class Pipeline:
         digest.update(_chatforge_version().encode())
         if stage.evaluates:
             digest.update(stage.evaluates.encode())
-        for upstream in stage.after:
+        for upstream in self.upstream[stage.name]:
             if upstream in self.runs:
                 digest.update(self.runs[upstream].fingerprint.encode())
         return digest.hexdigest()[:16]
@@ -186,7 +203,7 @@ class Pipeline:
         plan = []
         stale: set[str] = set()
         for run in self.selected:
-            upstream_stale = any(u in stale for u in run.stage.after)
+            upstream_stale = any(u in stale for u in self.upstream[run.stage.name])
             if self.is_up_to_date(run) and not upstream_stale:
                 plan.append((run.stage.name, "up to date"))
             else:
@@ -206,6 +223,9 @@ class Pipeline:
             if run.stage.resumable and has_checkpoint and run.stage.name not in self.force:
                 run.status = "resumed"
                 return ["--resume_from_checkpoint", "last"]
+            if run.stage.resumes_itself and run.stage.name not in self.force:
+                run.status = "resumed"
+                return []
         if run.stage.name == "data" or stamp is None and not any(run.output.iterdir()):
             return []  # the data stage rewrites its files deterministically; an empty folder has nothing to keep
         previous = run.output.with_name(run.output.name + ".previous")
@@ -219,7 +239,7 @@ class Pipeline:
         """Run the selected stages in order; raises RuntimeError (naming the stage and its log) on failure."""
         stale: set[str] = set()
         for run in self.selected:
-            if self.is_up_to_date(run) and not any(u in stale for u in run.stage.after):
+            if self.is_up_to_date(run) and not any(u in stale for u in self.upstream[run.stage.name]):
                 run.status = "up to date"
                 run.seconds = (read_stamp(run.output) or {}).get("seconds")
                 if on_stage:
