@@ -154,3 +154,24 @@ def test_run_data_script_runs_the_web_recipe_and_reports_errors(tmp_path: Path) 
     assert json.loads((out / "funnel.json").read_text())["documents_out"] > 50
     bad = run_script("run_data.py", "recipes/data_web.yaml", *common[:2], "--input_format", "pdf")
     assert "input_format must be one of" in one_line_error(bad)
+
+
+@pytest.mark.parametrize("recipe", ["commoncrawl_slurm.yaml", "commoncrawl_ray.yaml"])
+def test_cluster_recipes_parse_and_build_their_executors(recipe: str, tmp_path: Path) -> None:
+    from chatforge.configs import parse_recipe
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "web" / recipe
+    (args,) = parse_recipe([WebDataArguments], [str(path)])
+    assert args.input.startswith("s3://") and args.tasks > 1000 and args.executor_kwargs
+    args.validate()  # remote inputs are checked by the cluster, not here
+    segment = tmp_path / "segment" / "warc"  # the same layout locally: reading s3:// would need s3fs
+    segment.mkdir(parents=True)
+    (segment / "part.warc.gz").write_bytes(b"")
+    (args,) = parse_recipe([WebDataArguments], [str(path), "--input", str(tmp_path), "--output_dir", str(tmp_path)])
+    args.validate()
+    if args.executor == "ray":
+        pytest.importorskip("ray", reason="the Ray executor needs `pip install ray`")
+    executor = None
+    for stage in build_stages(args):
+        executor = make_executor(args, stage, executor)
+    assert executor.depends is not None and executor.tasks == args.tasks
