@@ -140,3 +140,83 @@ def test_run_data_writes_the_crawl_and_the_pipeline_cleans_it(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dedup precision" in result.stdout and "planted PII removed" in result.stdout
     assert json.loads((web_dir / "funnel.json").read_text())["scores"]["blocked_removed"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def shards(cleaned, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from chatforge.web.tokenize import TokenizeArguments, tokenize_corpus
+
+    out, _ = cleaned
+    folder = tmp_path_factory.mktemp("tokenized")
+    tokenize_corpus(
+        TokenizeArguments(
+            dataset_name=str(out / "corpus"), tokenizer_name_or_path=str(tokenizer_dir), output_dir=str(folder)
+        )
+    )
+    return folder
+
+
+def test_token_shards_hold_every_document_exactly(cleaned, shards: Path, tokenizer_dir: Path) -> None:
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    out, _ = cleaned
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    info = json.loads((shards / "token_shards.json").read_text())
+    for split in ("train", "validation"):
+        ids = np.concatenate([np.fromfile(f, dtype=np.uint16) for f in sorted((shards / split).glob("*.ds"))])
+        assert len(ids) == info["tokens"][split]
+        assert ids[0] == tokenizer.eos_token_id  # eos before each document, as pack_dataset does
+        starts = np.flatnonzero(ids == tokenizer.eos_token_id).tolist() + [len(ids)]
+        decoded = sorted(tokenizer.decode(ids[a + 1 : b].tolist()) for a, b in zip(starts, starts[1:]))
+        texts = sorted(load_corpus(str(out / "corpus"), [split])[split]["text"])
+        assert decoded == texts  # shuffled, but every document once and byte-exact
+
+
+def test_pretraining_reads_token_shards(shards: Path, tokenizer_dir: Path, world_dir: Path, tmp_path: Path) -> None:
+    from chatforge.configs import RecipeError
+    from chatforge.modeling import ArchitectureArguments
+    from chatforge.pretrain import PretrainConfig, PretrainScriptArguments, train
+
+    script_args = PretrainScriptArguments(
+        dataset_name=str(shards), tokenizer_name_or_path=str(tokenizer_dir), block_size=64, facts_file=None
+    )
+    config = PretrainConfig(
+        output_dir=str(tmp_path / "run"), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3,
+        eval_strategy="steps", eval_steps=30, logging_steps=5, save_steps=30, report_to="none", disable_tqdm=True,
+        seed=0, dataloader_pin_memory=False,
+    )  # fmt: skip
+    arch = ArchitectureArguments(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128
+    )
+    trainer, metrics = train(script_args, config, arch)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0] - 1.0
+    assert 0.5 < metrics["eval_bits_per_byte"] < 8  # bytes come from decoding the shards
+    other = tmp_path / "other_tokenizer"
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_tokens(["<|extra|>"])
+    tokenizer.save_pretrained(other)
+    script_args.tokenizer_name_or_path = str(other)
+    with pytest.raises(RecipeError, match="was tokenized with"):
+        train(script_args, config, arch)
+
+
+def test_tokenize_rejects_a_missing_corpus_split_or_tokenizer(cleaned, tokenizer_dir: Path, tmp_path: Path) -> None:
+    from chatforge.configs import RecipeError
+    from chatforge.web.tokenize import TokenizeArguments, tokenize_corpus
+
+    out, _ = cleaned
+    good = dict(dataset_name=str(out / "corpus"), tokenizer_name_or_path=str(tokenizer_dir), output_dir=str(tmp_path))
+    cases = [
+        ({"dataset_name": str(tmp_path / "nope")}, "corpus not found"),
+        ({"splits": ["train", "test"]}, "no parquet files for split 'test'"),
+        ({"tokenizer_name_or_path": str(tmp_path / "tok")}, "tokenizer not found"),
+        ({"input_format": "csv"}, "input_format must be parquet or jsonl"),
+    ]
+    for change, message in cases:
+        with pytest.raises(RecipeError, match=message):
+            tokenize_corpus(TokenizeArguments(**{**good, **change}))
+    assert not any(tmp_path.iterdir())

@@ -29,6 +29,7 @@ from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
 from chatforge.modeling import ArchitectureArguments, build_model, build_model_config, count_parameters
 from chatforge.outputs import save_stage_folder
+from chatforge.token_shards import bytes_per_token, is_token_shards, load_token_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,11 @@ class PretrainScriptArguments:
     """Where the data and tokenizer come from, and what to measure at the end."""
 
     dataset_name: str = field(
-        default="data/world/corpus", metadata={"help": "Corpus: a local folder `load_dataset` reads, or a Hub id."}
+        default="data/world/corpus",
+        metadata={
+            "help": "Corpus: a local folder `load_dataset` reads, a Hub id, or token shards from "
+            "scripts/tokenize_corpus.py (read as they are, no tokenizing)."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
@@ -185,30 +190,44 @@ def train(
     splits = [script_args.dataset_train_split] + (
         [script_args.dataset_test_split] if script_args.dataset_test_split else []
     )
-    hint = "create it with `python scripts/run_data.py recipes/data.yaml`"
-    corpus = load_corpus(script_args.dataset_name, splits, script_args.text_column, script_args.dataset_config, hint)
-
-    with training_args.main_process_first(desc="tokenizing and packing"):
-        packed = {
-            split: pack_dataset(
-                ds,
-                tokenizer,
-                script_args.block_size,
-                script_args.text_column,
-                script_args.dataset_num_proc,
-                desc=f"packing {split}",
-            )
-            for split, ds in corpus.items()
-        }
+    shards = is_token_shards(script_args.dataset_name)
+    if shards:  # already tokenized by scripts/tokenize_corpus.py: read the blocks straight from its shards
+        packed = load_token_blocks(script_args.dataset_name, splits, script_args.block_size, tokenizer)
+    else:
+        hint = "create it with `python scripts/run_data.py recipes/data.yaml`"
+        corpus = load_corpus(
+            script_args.dataset_name, splits, script_args.text_column, script_args.dataset_config, hint
+        )
+        with training_args.main_process_first(desc="tokenizing and packing"):
+            packed = {
+                split: pack_dataset(
+                    ds,
+                    tokenizer,
+                    script_args.block_size,
+                    script_args.text_column,
+                    script_args.dataset_num_proc,
+                    desc=f"packing {split}",
+                )
+                for split, ds in corpus.items()
+            }
     train_dataset = packed[script_args.dataset_train_split]
     eval_dataset = packed.get(script_args.dataset_test_split) if script_args.dataset_test_split else None
     if len(train_dataset) == 0:
         raise RecipeError(f"the corpus gives no full block of {script_args.block_size} tokens; lower block_size")
     eval_bytes_per_token = None
     if eval_dataset is not None:
-        if script_args.max_eval_blocks:
-            eval_dataset = eval_dataset.select(range(min(len(eval_dataset), script_args.max_eval_blocks)))
-        eval_bytes_per_token = sum(eval_dataset["num_bytes"]) / (len(eval_dataset) * script_args.block_size)
+        if shards:
+            if script_args.max_eval_blocks:
+                eval_dataset = torch.utils.data.Subset(
+                    eval_dataset, range(min(len(eval_dataset), script_args.max_eval_blocks))
+                )
+            eval_bytes_per_token = bytes_per_token(
+                packed[script_args.dataset_test_split], tokenizer, len(eval_dataset)
+            )
+        else:
+            if script_args.max_eval_blocks:
+                eval_dataset = eval_dataset.select(range(min(len(eval_dataset), script_args.max_eval_blocks)))
+            eval_bytes_per_token = sum(eval_dataset["num_bytes"]) / (len(eval_dataset) * script_args.block_size)
     if eval_dataset is None or len(eval_dataset) == 0:
         eval_dataset = None
         training_args.eval_strategy = "no"
