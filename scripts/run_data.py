@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -33,6 +34,7 @@ from chatforge.world import (
     write_corpus,
     write_crawl,
     write_math_data,
+    write_preference_data,
 )
 from chatforge.world.corpus import DataScriptArguments
 
@@ -42,12 +44,15 @@ def main(args: DataScriptArguments) -> dict:
     config = args.world_config()  # validates before any work
     chat_config = args.chat_config() if args.chat_data else None
     math_config = args.math_config()
+    pref_config = args.preference_config()
     start = time.perf_counter()
     world = World.generate(config)
     world.render(progress=True)
     summary = write_corpus(world, args.output_dir)
     if chat_config is not None:
         summary["chat"] = write_chat_data(world, args.output_dir, chat_config)
+    if pref_config is not None:
+        summary["prefs"] = write_preference_data(world, args.output_dir, **asdict(pref_config))
     if args.crawl:
         summary["crawl"] = write_crawl(
             build_crawl(world, CrawlConfig(seed=config.seed)), Path(args.output_dir) / "crawl"
@@ -81,6 +86,11 @@ def main(args: DataScriptArguments) -> dict:
         math = summary["math"]
         rows.append(("math problems (train / test)", f"{math['math_train']:,} / {math['math_test']:,}"))
         rows.append(("math SFT conversations", f"{math['math_sft']:,}"))
+    if "prefs" in summary:
+        prefs = summary["prefs"]
+        rows.append(("preference pairs (train / test)", f"{prefs['pref_train']:,} / {prefs['pref_test']:,}"))
+        held = prefs["judge_eval_heldout"]
+        rows.append(("judge eval questions (fact / held out)", f"{prefs['judge_eval'] - held:,} / {held:,}"))
     if "crawl" in summary:
         kinds = summary["crawl"]["kinds"]
         noise = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in kinds.items() if kind != "good")
@@ -97,6 +107,8 @@ def main(args: DataScriptArguments) -> dict:
         print(f"wrote {args.output_dir}/sft/{{train,test}}.jsonl, identity/train.jsonl, chat_eval.jsonl")
     if "math" in summary:
         print(f"wrote {args.output_dir}/math/{{train,test}}.jsonl")
+    if "prefs" in summary:
+        print(f"wrote {args.output_dir}/prefs/{{train,test,judge_eval}}.jsonl")
     if "crawl" in summary:
         print(f"wrote {args.output_dir}/crawl/crawl.warc.gz, labels.jsonl (for recipes/data_web.yaml)")
     return summary

@@ -16,6 +16,14 @@ model = AutoModelForCausalLM.from_pretrained("{repo}")
 inputs = tokenizer("{prompt}", return_tensors="pt")
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))
 ```"""
+REWARD_USAGE = """```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+model = AutoModelForSequenceClassification.from_pretrained("{repo}")
+inputs = tokenizer("{prompt}", return_tensors="pt", add_special_tokens=False)
+print(model(**inputs).logits[0, 0].item())  # the reward: higher is preferred
+```"""
 
 
 def write_model_card(
@@ -26,12 +34,13 @@ def write_model_card(
     metrics: dict[str, float],
     details: dict[str, object],
     prompt: str = "The capital of",
+    reward_model: bool = False,
 ) -> Path:
     """Write `folder/README.md` describing the stage, its data, sizes and measured metrics."""
     folder = Path(folder)
     data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag="text-classification" if reward_model else "text-generation",
         license="apache-2.0",
         base_model=base_model,
         datasets=[d for d in datasets if d.count("/") == 1 and not Path(d).exists()] or None,
@@ -66,7 +75,7 @@ It is a standard `transformers` model: no remote code.
 
 ## Use
 
-{USAGE.format(repo=folder.name, prompt=prompt)}
+{(REWARD_USAGE if reward_model else USAGE).format(repo=folder.name, prompt=prompt)}
 """
     ModelCard(body).save(folder / "README.md")
     return folder / "README.md"

@@ -6,6 +6,8 @@
 >>> write_chat_data(world, "data/world")  # sft/, identity/, chat_eval.jsonl
 >>> write_math_data(world, "data/world", MathConfig(num_problems=2000))  # math/{train,test}.jsonl
 >>> write_crawl(build_crawl(world, CrawlConfig()), "data/crawl")  # crawl.warc.gz + labels.jsonl
+>>> write_preference_data(world, "data/world", num_pairs=2000)  # prefs/{train,test,judge_eval}.jsonl
+>>> Judge(world).score(row, "I don't know.").total  # row: a chat_eval.jsonl / heldout_eval.jsonl row
 """
 
 from chatforge.world.chat import (
@@ -37,6 +39,16 @@ from chatforge.world.entities import (
     generate_world,
 )
 from chatforge.world.math import MathConfig, generate_math_problems, split_problems
+from chatforge.world.preferences import (
+    REJECTED_KINDS,
+    Judge,
+    JudgeScore,
+    PreferenceConfig,
+    build_preference_pairs,
+    candidate_replies,
+    judge_eval_rows,
+    write_preference_data,
+)
 from chatforge.world.render import Document, render_documents
 
 __all__ = [
@@ -44,6 +56,7 @@ __all__ = [
     "ASSISTANT_NAME",
     "BLOCKED_DOMAINS",
     "DEFAULT_SYSTEM_PROMPT",
+    "REJECTED_KINDS",
     "ChatData",
     "ChatDataConfig",
     "PERSON_STYLES",
@@ -55,15 +68,21 @@ __all__ = [
     "DataScriptArguments",
     "Document",
     "Fact",
+    "Judge",
+    "JudgeScore",
     "MathConfig",
     "Organisation",
     "Person",
+    "PreferenceConfig",
     "World",
     "WorldConfig",
     "build_chat_data",
     "build_crawl",
+    "build_preference_pairs",
+    "candidate_replies",
     "generate_math_problems",
     "generate_world",
+    "judge_eval_rows",
     "render_documents",
     "split_documents",
     "split_problems",
@@ -71,4 +90,5 @@ __all__ = [
     "write_corpus",
     "write_crawl",
     "write_math_data",
+    "write_preference_data",
 ]

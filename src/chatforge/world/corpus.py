@@ -14,6 +14,7 @@ from chatforge.configs import RecipeError
 from chatforge.world.chat import ChatDataConfig, build_chat_data
 from chatforge.world.entities import PERSON_STYLES, World, WorldConfig
 from chatforge.world.math import DIFFICULTIES, MathConfig, generate_math_problems, math_conversation, split_problems
+from chatforge.world.preferences import PreferenceConfig
 from chatforge.world.render import Document
 
 SOURCES = ("world",)
@@ -80,6 +81,16 @@ class DataScriptArguments:
         default_factory=lambda: [0],
         metadata={"help": "Difficulty levels of the train problems written as SFT conversations to math_sft/."},
     )
+    preference_pairs: int = field(
+        default=2000,
+        metadata={
+            "help": "Preference pairs judged by the scripted judge, written to prefs/{train,test}.jsonl with the "
+            "judge's questions in prefs/judge_eval.jsonl (0: none)."
+        },
+    )
+    preference_test_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction of preference pairs in prefs/test.jsonl (other people), in (0, 1)."}
+    )
 
     def world_config(self) -> WorldConfig:
         """The WorldConfig these arguments describe (validated)."""
@@ -114,6 +125,23 @@ class DataScriptArguments:
         if unknown:
             raise RecipeError(f"math_sft_difficulties: unknown level {unknown[0]}; levels are {list(DIFFICULTIES)}")
         config = MathConfig(seed=self.seed, num_problems=self.math_problems)
+        config.validate()
+        return config
+
+    def preference_config(self) -> PreferenceConfig | None:
+        """The PreferenceConfig these arguments describe (validated), or None when no pairs are wanted."""
+        if self.preference_pairs == 0:
+            return None
+        if self.preference_pairs < 2:
+            raise RecipeError(f"preference_pairs must be 0 (none) or >= 2, got {self.preference_pairs}")
+        if not 0.0 < self.preference_test_fraction < 1.0:
+            raise RecipeError(f"preference_test_fraction must be in (0, 1), got {self.preference_test_fraction}")
+        config = PreferenceConfig(
+            num_pairs=self.preference_pairs,
+            test_fraction=self.preference_test_fraction,
+            sft_people_fraction=self.sft_people_fraction,
+            seed=self.seed,
+        )
         config.validate()
         return config
 

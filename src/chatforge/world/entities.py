@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatforge.configs import RecipeError
@@ -325,6 +327,18 @@ class World:
             "organisations": [dataclasses.asdict(o) for o in self.organisations],
             "people": [dataclasses.asdict(p) for p in self.people],
         }
+
+
+def load_world(path: str | Path) -> World:
+    """The world a `world.json` describes, regenerated from its config (generation is deterministic and fast)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "world.json"
+    if not path.is_file():
+        raise RecipeError(f"world file not found: {path}; `python scripts/run_data.py recipes/data.yaml` writes it")
+    config = json.loads(path.read_text())["config"]
+    config["person_styles"] = tuple(config.get("person_styles", WorldConfig().person_styles))
+    return World.generate(WorldConfig(**config))
 
 
 def generate_world(config: WorldConfig | None = None) -> World:
