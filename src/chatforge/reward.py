@@ -102,9 +102,7 @@ def score_replies(
 ) -> list[float]:
     """The reward model's score of each (prompt, reply) conversation, as the chat template renders it."""
     model.eval()
-    texts = [
-        tokenizer.apply_chat_template(prompt + reply, tokenize=False) for prompt, reply in zip(prompts, replies)
-    ]
+    texts = [tokenizer.apply_chat_template(prompt + reply, tokenize=False) for prompt, reply in zip(prompts, replies)]
     scores: list[float] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"  # the classifier reads the last non-pad token
