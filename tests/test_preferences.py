@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA
+from conftest import SHARED_DATA
 
 from chatforge.configs import RecipeError
 from chatforge.preferences import (
@@ -31,7 +31,6 @@ from chatforge.world.preferences import MAX_SCORE, split_heldout_people, write_p
 
 HH_FILE = SHARED_DATA / "prefs" / "hh_rlhf_harmless_base_test.jsonl.gz"
 OASST_FILE = SHARED_DATA / "prefs" / "oasst_en_100_tree.jsonl"
-TOKENIZER = REPO / "outputs" / "tokenizer"
 
 
 @pytest.fixture(scope="module")
@@ -368,14 +367,13 @@ def test_validate_preferences_columns_and_specs(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (TOKENIZER / "tokenizer.json").is_file(), reason=f"no tokenizer at {TOKENIZER}")
-def test_rows_work_with_trl(pairs: tuple[list[dict], list[dict]], tmp_path: Path) -> None:
+def test_rows_work_with_trl(pairs: tuple[list[dict], list[dict]], tokenizer_dir: Path, tmp_path: Path) -> None:
     import datasets
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassification
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
     from trl.data_utils import is_conversational, is_conversational_from_value, maybe_apply_chat_template
 
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     row = pairs[0][0]
     assert is_conversational(row) and not is_conversational_from_value(row)
     text = maybe_apply_chat_template({k: row[k] for k in ("prompt", "chosen", "rejected")}, tokenizer)

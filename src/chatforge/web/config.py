@@ -63,7 +63,10 @@ class WebDataArguments:
     banned_url_words: list[str] = field(default_factory=list, metadata={"help": "Extra words banning a URL."})
     extractor_timeout: float = field(default=1.0, metadata={"help": "Seconds trafilatura may spend per page."})
     languages: list[str] = field(
-        default_factory=lambda: ["en"], metadata={"help": "Languages to keep (ISO 639-1); empty keeps all."}
+        default_factory=lambda: ["en"],
+        metadata={
+            "help": "Languages to keep (ISO 639-1; 'unknown' for text pycld2 cannot tell); empty: no language ID."
+        },
     )
     language_threshold: float = field(
         default=0.65, metadata={"help": "Least share of the text in a kept language (pycld2), in [0, 1]."}
@@ -136,7 +139,7 @@ class WebDataArguments:
             raise RecipeError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if not 0.0 <= self.language_threshold <= 1.0:
             raise RecipeError(f"language_threshold must be in [0, 1], got {self.language_threshold}")
-        bad = [code for code in self.languages if not (isinstance(code, str) and 2 <= len(code) <= 3)]
+        bad = [c for c in self.languages if not (isinstance(c, str) and (2 <= len(c) <= 3 or c == "unknown"))]
         if bad:
             raise RecipeError(f"languages: {bad[0]!r} is not an ISO 639-1 code such as 'en'")
         for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket"):

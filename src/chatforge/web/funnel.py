@@ -92,7 +92,8 @@ def funnel_rows(output_dir: str | Path) -> list[FunnelRow]:
                 n = _total(stats.get("total"))
                 replaced = {k: _total(v) for k, v in stats.items() if k in ("emails", "ips") and _total(v)}
                 chars = rows[-1].chars_out if rows else 0
-                rows.append(FunnelRow(label, n, n, chars, {f"{k} replaced": v for k, v in replaced.items()}))
+                removed = {f"{k} replaced": v for k, v in replaced.items()}
+                rows.append(FunnelRow(label, n, n, chars, removed, _time(step)))
     return rows
 
 
