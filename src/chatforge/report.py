@@ -25,6 +25,10 @@ TRAINING_HEADLINES = {
     "before_math_greedy_accuracy": ("math greedy before", "{:.1%}"),
     "math_greedy_accuracy": ("math greedy after", "{:.1%}"),
     "last_reward": ("last reward", "{:.2f}"),
+    "pairwise_accuracy": ("held-out pairwise accuracy", "{:.1%}"),
+    "before_judge_score": ("judge score before", "{:.2f}"),
+    "judge_score": ("judge score after", "{:.2f}"),
+    "preference_accuracy": ("held-out preference accuracy", "{:.1%}"),
     "eval_loss": ("eval loss", "{:.3f}"),
     "train_loss": ("train loss", "{:.3f}"),
 }
