@@ -10,26 +10,9 @@ The recipe names the corpus (`dataset_name`), the tokenizer, the architecture bl
 sizes) and any `TrainingArguments` field. The output folder loads with `AutoModelForCausalLM`.
 """
 
-import json
-import logging
-
-import transformers
-
-from chatforge.configs import exit_on_user_error, parse_recipe
+from chatforge.configs import run_training_script
 from chatforge.modeling import ArchitectureArguments
 from chatforge.pretrain import PretrainConfig, PretrainScriptArguments, train
 
-
-def cli() -> None:
-    script_args, training_args, arch = parse_recipe([PretrainScriptArguments, PretrainConfig, ArchitectureArguments])
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    _, metrics = train(script_args, training_args, arch)
-    if training_args.process_index == 0:
-        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
-        print(f"saved to {training_args.output_dir}")
-
-
 if __name__ == "__main__":
-    with exit_on_user_error():
-        cli()
+    run_training_script(train, [PretrainScriptArguments, PretrainConfig, ArchitectureArguments])

@@ -11,26 +11,12 @@ The output loads with `AutoModelForSequenceClassification`; metrics.json holds p
 pairs before (random head) and after training, per kind of rejected reply.
 """
 
-import json
-import logging
-
-import transformers
 from trl import ModelConfig
 
-from chatforge.configs import exit_on_user_error, parse_recipe
+from chatforge.configs import run_training_script
 from chatforge.reward import ChatRewardConfig, RewardScriptArguments, train
 
-
-def cli() -> None:
-    script_args, training_args, model_args = parse_recipe([RewardScriptArguments, ChatRewardConfig, ModelConfig])
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_error()  # "newly initialized: score.weight" is the point here
-    _, metrics = train(script_args, training_args, model_args)
-    if training_args.process_index == 0:
-        print(json.dumps(metrics, indent=2))
-        print(f"saved to {training_args.output_dir}")
-
-
 if __name__ == "__main__":
-    with exit_on_user_error():
-        cli()
+    run_training_script(
+        train, [RewardScriptArguments, ChatRewardConfig, ModelConfig], quiet_transformers=True
+    )  # "newly initialized: score.weight" is the point here

@@ -13,26 +13,10 @@ The loss covers only the assistant's tokens (`assistant_only_loss`), which needs
 `python scripts/chat.py --model_name_or_path outputs/sft`.
 """
 
-import json
-import logging
-
-import transformers
 from trl import ModelConfig
 
-from chatforge.configs import exit_on_user_error, parse_recipe
+from chatforge.configs import run_training_script
 from chatforge.sft import ChatSFTConfig, SFTScriptArguments, train
 
-
-def cli() -> None:
-    script_args, training_args, model_args = parse_recipe([SFTScriptArguments, ChatSFTConfig, ModelConfig])
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    _, metrics = train(script_args, training_args, model_args)
-    if training_args.process_index == 0:
-        print(json.dumps(metrics, indent=2))
-        print(f"saved to {training_args.output_dir}")
-
-
 if __name__ == "__main__":
-    with exit_on_user_error():
-        cli()
+    run_training_script(train, [SFTScriptArguments, ChatSFTConfig, ModelConfig])

@@ -106,6 +106,28 @@ def apply_device_defaults(args: Any) -> None:
         args.use_cpu = True
 
 
+@dataclasses.dataclass
+class DeviceDefaults:
+    """chatforge's defaults for every training config, mixed in before the TRL/transformers class:
+    `class ChatDPOConfig(DeviceDefaults, DPOConfig)`. bf16 only where the GPU supports it, no gradient
+    checkpointing (TRL turns both on; on CPU they make training ~20x slower), and `resume_from_checkpoint`
+    as a recipe field ('last' resumes from the newest checkpoint in output_dir)."""
+
+    bf16: bool | None = dataclasses.field(
+        default=None, metadata={"help": "bf16 mixed precision; unset: on where the GPU supports it."}
+    )
+    gradient_checkpointing: bool = dataclasses.field(
+        default=False, metadata={"help": "Trade compute for activation memory."}
+    )
+    resume_from_checkpoint: str | None = dataclasses.field(
+        default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
+    )
+
+    def __post_init__(self) -> None:
+        apply_device_defaults(self)
+        super().__post_init__()
+
+
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Turn a RecipeError into `error: ...` on stderr and exit status 2, with no traceback."""
@@ -114,3 +136,28 @@ def exit_on_user_error() -> Iterator[None]:
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_training_script(train: Any, dataclass_types: Sequence[type], quiet_transformers: bool = False) -> dict:
+    """The body of every `scripts/run_<stage>.py`: parse the recipe, log, train, print the metrics on rank 0.
+
+    `train(script_args, training_args, third)` is the stage's train function and `dataclass_types` the three
+    argument classes it takes, in that order. Recipe errors exit with one `error:` line (status 2).
+    """
+    import json
+    import logging
+
+    import transformers
+
+    with exit_on_user_error():
+        script_args, training_args, third = parse_recipe(dataclass_types)
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        if quiet_transformers:
+            transformers.utils.logging.set_verbosity_error()
+        else:
+            transformers.utils.logging.set_verbosity_warning()
+        _, metrics = train(script_args, training_args, third)
+        if training_args.process_index == 0:
+            print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+            print(f"saved to {training_args.output_dir}")
+    return metrics

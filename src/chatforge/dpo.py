@@ -10,7 +10,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
-from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
+from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
@@ -49,19 +49,10 @@ class DPOScriptArguments:
 
 
 @dataclass
-class ChatDPOConfig(DPOConfig):
+class ChatDPOConfig(DeviceDefaults, DPOConfig):
     """TRL's `DPOConfig` with chatforge's defaults: bf16 only where the GPU supports it."""
 
     output_dir: str = field(default="outputs/dpo", metadata={"help": "Where the model and checkpoints go."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; unset: on where supported."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
-    )
-
-    def __post_init__(self) -> None:
-        apply_device_defaults(self)
-        super().__post_init__()
 
 
 def load_judge(script_args: DPOScriptArguments) -> tuple[Any, list[dict]] | None:

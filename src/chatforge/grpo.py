@@ -24,7 +24,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig, ModelConfig, ScriptArguments
 
-from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
+from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local, require_model
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.evaluation.math import math_accuracy, question_messages
@@ -98,19 +98,10 @@ class GRPOScriptArguments(ScriptArguments):
 
 
 @dataclass
-class ChatGRPOConfig(GRPOConfig):
+class ChatGRPOConfig(DeviceDefaults, GRPOConfig):
     """TRL's `GRPOConfig` with chatforge's defaults: bf16 only where supported, short chat completions."""
 
     output_dir: str = field(default="outputs/grpo", metadata={"help": "Where the model and checkpoints go."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; unset: on where supported."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
-    )
-
-    def __post_init__(self) -> None:
-        apply_device_defaults(self)
-        super().__post_init__()
 
 
 def check_model_path(name_or_path: str | None) -> str:

@@ -22,7 +22,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
+from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import load_corpus, looks_local, pack_dataset
 from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
 from chatforge.hub import push_stage_output
@@ -67,13 +67,10 @@ class PretrainScriptArguments:
 
 
 @dataclass
-class PretrainConfig(TrainingArguments):
+class PretrainConfig(DeviceDefaults, TrainingArguments):
     """`TrainingArguments` with defaults for pretraining a small model; `bf16` is automatic when unset."""
 
     output_dir: str = field(default="outputs/pretrain", metadata={"help": "Where the model and checkpoints go."})
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 mixed precision; unset means on where the GPU supports it."}
-    )
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Schedule after warmup."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warmup steps, or a fraction of all steps if < 1."})
@@ -85,17 +82,10 @@ class PretrainConfig(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept on disk."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
     eval_steps: float | None = field(default=200, metadata={"help": "Evaluate every N steps."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
-    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "Every parameter is used in each step, so DDP need not search for unused ones."},
     )
-
-    def __post_init__(self) -> None:
-        apply_device_defaults(self)
-        super().__post_init__()
 
 
 class PretrainTrainer(Trainer):

@@ -20,7 +20,7 @@ from transformers import (
 )
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
-from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
+from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local, require_model
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
@@ -66,19 +66,10 @@ class RewardScriptArguments:
 
 
 @dataclass
-class ChatRewardConfig(RewardConfig):
+class ChatRewardConfig(DeviceDefaults, RewardConfig):
     """TRL's `RewardConfig` with chatforge's defaults: bf16 only where the GPU supports it."""
 
     output_dir: str = field(default="outputs/reward", metadata={"help": "Where the reward model goes."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; unset: on where supported."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
-    )
-
-    def __post_init__(self) -> None:
-        apply_device_defaults(self)
-        super().__post_init__()
 
 
 def load_pairs(spec: dict, cap: int | None, name: str) -> Dataset:

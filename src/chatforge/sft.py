@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
 
 from chatforge.chat_data import check_generation_tags, validate_conversations
-from chatforge.configs import RecipeError, apply_device_defaults, none_if_null
+from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import load_corpus, looks_local, require_model
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.generation import chat_stop_token_ids
@@ -84,21 +84,12 @@ class SFTScriptArguments(ScriptArguments):
 
 
 @dataclass
-class ChatSFTConfig(SFTConfig):
+class ChatSFTConfig(DeviceDefaults, SFTConfig):
     """TRL's `SFTConfig` with chatforge's defaults: bf16 only where the GPU supports it, ChatML end of turn."""
 
     output_dir: str = field(default="outputs/sft", metadata={"help": "Where the model and checkpoints go."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; unset: on where supported."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
     assistant_only_loss: bool = field(default=True, metadata={"help": "Train only on the assistant's tokens."})
     eos_token: str | None = field(default="<|im_end|>", metadata={"help": "Token that ends an assistant turn."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'last' / 'true' for the newest in output_dir."}
-    )
-
-    def __post_init__(self) -> None:
-        apply_device_defaults(self)
-        super().__post_init__()
 
 
 def check_model_path(name_or_path: str | None) -> str:
