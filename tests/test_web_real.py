@@ -175,3 +175,17 @@ def test_cluster_recipes_parse_and_build_their_executors(recipe: str, tmp_path: 
     for stage in build_stages(args):
         executor = make_executor(args, stage, executor)
     assert executor.depends is not None and executor.tasks == args.tasks
+
+
+@needs_web_data
+def test_rerun_with_other_settings_is_refused_and_keeps_the_output(tmp_path: Path) -> None:
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for name in sorted(p.name for p in (WEB / "html").glob("*.html"))[:6]:
+        (pages / name).write_bytes((WEB / "html" / name).read_bytes())
+    _, out = run(tmp_path, input=str(pages), input_format="html", languages=["en", "de"], minhash=False)
+    before = {p: p.read_bytes() for p in sorted((out / "corpus").rglob("*.parquet"))}
+    with pytest.raises(RecipeError, match=r"holds a run with other settings \(languages\)"):
+        run(tmp_path, input=str(pages), input_format="html", languages=["en"], minhash=False)
+    assert {p: p.read_bytes() for p in sorted((out / "corpus").rglob("*.parquet"))} == before
+    run(tmp_path, input=str(pages), input_format="html", languages=["en", "de"], minhash=False)  # same: resumes

@@ -268,10 +268,38 @@ def make_executor(args: WebDataArguments, stage: Stage, depends: PipelineExecuto
     return RayPipelineExecutor(stage.steps, tasks=stage.tasks, logging_dir=logging_dir, depends=depends, **kwargs)
 
 
+SETTINGS_FILE = "web_settings.json"
+# Settings that do not change what a run writes.
+_NEUTRAL = {"executor", "tasks", "workers", "executor_kwargs", "labels", "output_dir"}
+
+
+def check_same_settings(args: WebDataArguments) -> None:
+    """datatrove skips the tasks an output folder already finished, so a rerun with other settings would mix
+    old and new results silently. Record the settings on the first run; refuse different ones later."""
+    import dataclasses
+
+    settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in _NEUTRAL}
+    path = Path(args.output_dir) / SETTINGS_FILE
+    if "://" in args.output_dir:
+        return  # remote outputs: the cluster run's own logs are the record
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            raise RecipeError(
+                f"{args.output_dir} holds a run with other settings ({', '.join(changed)}); "
+                "use a new output_dir, or delete the folder to start over"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n")
+
+
 def run_pipeline(args: WebDataArguments) -> list[str]:
     """Run every stage; return the stage names. Local stages run one after another in this process."""
     args.validate()
     check_filter_kwargs(args)
+    check_same_settings(args)
     stages = build_stages(args)
     executor = None
     ran = []
