@@ -69,6 +69,8 @@ def _steady_rate(step: dict) -> tuple[str, int, float] | None:
     if not isinstance(timing, dict) or not timing.get("n") or timing["n"] < 2:
         return None
     name = "".join(ch for ch in step["name"].split(":", 1)[-1] if ch.isascii()).strip()
+    if "WRITER" in step["name"]:
+        name += " (write)"
     return name, int(timing["n"]) - 1, float(timing["total"]) - float(timing.get("max", 0.0))
 
 
