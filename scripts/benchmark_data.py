@@ -22,7 +22,7 @@ from pathlib import Path
 import pycld2
 
 from chatforge.configs import RecipeError, exit_on_user_error
-from chatforge.report import environment
+from chatforge.report import environment, write_marked_section
 from chatforge.web import WebDataArguments, build_web_corpus
 from chatforge.web.pipeline import load_stage_stats
 
@@ -85,14 +85,7 @@ def format_table(results: dict[str, list[tuple[str, int, float]]]) -> str:
 
 
 def write_table(path: Path, table: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{MARK_START}\n{table}\n{MARK_END}"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Web data pipeline: documents per second per core\n\n" + block + "\n"
-    path.write_text(text)
+    write_marked_section(path, MARK_START, MARK_END, "Web data pipeline: documents per second per core", table)
 
 
 def main() -> None:

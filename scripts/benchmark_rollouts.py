@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chatforge.configs import RecipeError, exit_on_user_error
 from chatforge.generation import HFGenerator, SamplingArguments, chat_stop_token_ids
-from chatforge.report import environment
+from chatforge.report import environment, write_marked_section
 from chatforge.vllm_backend import VLLMGenerator, VLLMSettings, require_vllm
 
 MARK_START, MARK_END = "<!-- rollouts -->", "<!-- /rollouts -->"
@@ -65,14 +65,7 @@ def run(generator, tokenizer, prompts: list[str], settings: SamplingArguments, r
 
 
 def write_table(path: Path, table: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{MARK_START}\n{table}\n{MARK_END}"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Rollouts: HF generate vs vLLM\n\n" + block + "\n"
-    path.write_text(text)
+    write_marked_section(path, MARK_START, MARK_END, "Rollouts: HF generate vs vLLM", table)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
 from chatforge.outputs import save_stage_folder
 from chatforge.pretrain import resolve_checkpoint
-from chatforge.reward import _spec, check_model_path, load_pairs
+from chatforge.reward import _spec, check_model_path, load_train_test_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +79,7 @@ def train(
     from chatforge.evaluation.judge import judge_policy
 
     model_path = check_model_path(model_args.model_name_or_path)
-    if script_args.train_dataset is None:
-        raise RecipeError("set train_dataset in the DPO recipe (e.g. {format: jsonl, path: data/world/prefs})")
-    train_pairs = load_pairs(script_args.train_dataset, script_args.max_train_pairs, "train_dataset")
-    test_pairs = (
-        load_pairs(script_args.test_dataset, script_args.max_test_pairs, "test_dataset")
-        if script_args.test_dataset
-        else None
-    )
+    train_pairs, test_pairs = load_train_test_pairs(script_args, "DPO")
     judged = load_judge(script_args)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not tokenizer.chat_template:

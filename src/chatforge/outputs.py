@@ -15,16 +15,18 @@ def save_stage_folder(
     trainer: Trainer,
     tokenizer: PreTrainedTokenizerBase,
     metrics: dict,
-    generation_config: GenerationConfig,
+    generation_config: GenerationConfig | None,
     plot_title: str,
 ) -> Path:
-    """Save weights (or adapter), tokenizer, generation config, metrics.json, trainer state and loss plot."""
+    """Save weights (or adapter), tokenizer, generation config (None for models that do not generate, such as
+    reward models), metrics.json, trainer state and loss plot."""
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     make_portable(out)
-    trainer.model.generation_config = generation_config
-    generation_config.save_pretrained(str(out))
+    if generation_config is not None:
+        trainer.model.generation_config = generation_config
+        generation_config.save_pretrained(str(out))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     trainer.state.save_to_json(str(out / "trainer_state.json"))
     plot_loss_curves(trainer.state.log_history, out / "loss_curve.png", title=plot_title)

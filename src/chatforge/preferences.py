@@ -209,6 +209,17 @@ def _report(name: str, kept: int, skipped: Counter) -> str:
     return line
 
 
+def _final_reply_problem(chosen: list[Message] | None, rejected: list[Message] | None) -> str | None:
+    """Why two full conversations do not form a pair (same turns, then one assistant reply each), or None."""
+    if chosen is None or rejected is None:
+        return "unparsable"
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        return "no_final_reply"
+    if chosen[:-1] != rejected[:-1]:
+        return "different_prefix"
+    return None
+
+
 def _pair(prompt: list[Message], chosen: Message, rejected: Message) -> tuple[dict[str, Any] | None, str | None]:
     """A pair row, or (None, why it is unusable)."""
     if not chosen["content"].strip() or not rejected["content"].strip():
@@ -252,12 +263,9 @@ def parse_hh_transcript(text: Any) -> list[Message] | None:
 def hh_rlhf_pair(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """One HH-RLHF row as a pair: the shared conversation is the prompt, the final assistant turns the replies."""
     chosen, rejected = parse_hh_transcript(row.get("chosen")), parse_hh_transcript(row.get("rejected"))
-    if chosen is None or rejected is None:
-        return None, "unparsable"
-    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        return None, "no_final_reply"
-    if chosen[:-1] != rejected[:-1]:
-        return None, "different_prefix"
+    reason = _final_reply_problem(chosen, rejected)
+    if reason:
+        return None, reason
     return _pair(chosen[:-1], chosen[-1], rejected[-1])
 
 
@@ -373,12 +381,9 @@ def ultrafeedback_pair(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, s
     """One binarized UltraFeedback row (prompt string; chosen/rejected conversations ending with the reply) as a
     pair with an explicit prompt, keeping prompt_id and the two scores."""
     chosen, rejected = _plain(row.get("chosen")), _plain(row.get("rejected"))
-    if chosen is None or rejected is None:
-        return None, "unparsable"
-    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        return None, "no_final_reply"
-    if chosen[:-1] != rejected[:-1]:
-        return None, "different_prefix"
+    reason = _final_reply_problem(chosen, rejected)
+    if reason:
+        return None, reason
     prompt = chosen[:-1] or [{"role": "user", "content": str(row.get("prompt") or "")}]
     pair, reason = _pair(prompt, chosen[-1], rejected[-1])
     if pair is not None:

@@ -231,3 +231,16 @@ def write_report(runs: list[StageRun], path: str | Path, title: str = "chatforge
     lines += [f"| {key} | {value} |" for key, value in environment().items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_marked_section(path: Path, start: str, end: str, heading: str, table: str) -> None:
+    """Put `table` between the `start`/`end` markers of a markdown file (replacing what was there), or append it
+    under `## heading` when the file has no such markers yet. Benchmark scripts keep their tables current so."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    block = f"{start}\n{table}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
+    path.write_text(text)

@@ -24,9 +24,8 @@ from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local, require_model
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
-from chatforge.plots import plot_loss_curves
+from chatforge.outputs import save_stage_folder
 from chatforge.pretrain import resolve_checkpoint
-from chatforge.tokenizer import make_portable
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +132,17 @@ def pairwise_accuracy(
     return result
 
 
+def load_train_test_pairs(script_args: Any, stage: str) -> tuple[Dataset, Dataset | None]:
+    """The recipe's training pairs and (if set) held-out pairs: the reward and DPO stages read them alike."""
+    if script_args.train_dataset is None:
+        raise RecipeError(f"set train_dataset in the {stage} recipe (e.g. {{format: jsonl, path: data/world/prefs}})")
+    train_pairs = load_pairs(script_args.train_dataset, script_args.max_train_pairs, "train_dataset")
+    test_pairs = None
+    if script_args.test_dataset:
+        test_pairs = load_pairs(script_args.test_dataset, script_args.max_test_pairs, "test_dataset")
+    return train_pairs, test_pairs
+
+
 def check_model_path(name_or_path: str | None) -> str:
     return require_model(
         name_or_path,
@@ -150,14 +160,7 @@ def train(
 ) -> tuple[RewardTrainer, dict]:
     """Train a reward model on preference pairs; report pairwise accuracy on held-out pairs before and after."""
     model_path = check_model_path(model_args.model_name_or_path)
-    if script_args.train_dataset is None:
-        raise RecipeError("set train_dataset in the reward recipe (e.g. {format: jsonl, path: data/world/prefs})")
-    train_pairs = load_pairs(script_args.train_dataset, script_args.max_train_pairs, "train_dataset")
-    test_pairs = (
-        load_pairs(script_args.test_dataset, script_args.max_test_pairs, "test_dataset")
-        if script_args.test_dataset
-        else None
-    )
+    train_pairs, test_pairs = load_train_test_pairs(script_args, "reward")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not tokenizer.chat_template:
         raise RecipeError(f"{model_path} has no chat template: a reward model scores chat-formatted replies")
@@ -211,15 +214,7 @@ def save_reward_model(
     model_args: ModelConfig,
 ) -> None:
     """Write the reward model (loads with AutoModelForSequenceClassification), metrics, loss plot and card."""
-    from pathlib import Path
-
-    out = Path(trainer.args.output_dir)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    make_portable(out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    trainer.state.save_to_json(str(out / "trainer_state.json"))
-    plot_loss_curves(trainer.state.log_history, out / "loss_curve.png", title="reward model")
+    out = save_stage_folder(trainer, tokenizer, metrics, None, "reward model")
     sources = [script_args.train_dataset.get("path") or script_args.train_dataset.get("name", "")]
     write_model_card(
         out,
