@@ -158,6 +158,6 @@ def run_training_script(train: Any, dataclass_types: Sequence[type], quiet_trans
             transformers.utils.logging.set_verbosity_warning()
         _, metrics = train(script_args, training_args, third)
         if training_args.process_index == 0:
-            print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+            print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2))
             print(f"saved to {training_args.output_dir}")
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +65,10 @@ def load_judge(script_args: DPOScriptArguments) -> tuple[Any, list[dict]] | None
     from chatforge.world.entities import load_world
 
     rows = load_judge_rows(script_args.judge_eval_file)
-    if script_args.max_judge_eval:
-        rows = rows[: script_args.max_judge_eval]
+    if script_args.max_judge_eval and script_args.max_judge_eval < len(rows):
+        # a seeded sample, in file order, so a cap keeps every kind of question (the file lists them by kind)
+        keep = sorted(random.Random(0).sample(range(len(rows)), script_args.max_judge_eval))
+        rows = [rows[i] for i in keep]
     return Judge(load_world(script_args.world)), rows
 
 

@@ -57,10 +57,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("grpo", "run_grpo.py", "grpo.yaml", after=("data", "sft"), resumable=True),
     Stage("reward", "run_reward.py", "reward.yaml", after=("data", "sft"), resumable=True),
     Stage("dpo", "run_dpo.py", "dpo.yaml", after=("data", "sft"), resumable=True),
+    Stage("rlhf", "run_rlhf.py", "rlhf.yaml", after=("data", "sft", "reward"), resumable=True),
     Stage("eval_pretrain", "evaluate.py", "eval.yaml", after=("data", "pretrain"), evaluates="pretrain"),
     Stage("eval_sft", "evaluate.py", "eval.yaml", after=("data", "sft"), evaluates="sft"),
     Stage("eval_grpo", "evaluate.py", "eval.yaml", after=("data", "grpo"), evaluates="grpo"),
     Stage("eval_dpo", "evaluate.py", "eval.yaml", after=("data", "dpo"), evaluates="dpo"),
+    Stage("eval_rlhf", "evaluate.py", "eval.yaml", after=("data", "rlhf"), evaluates="rlhf"),
 )
 
 

@@ -28,6 +28,9 @@ TRAINING_HEADLINES = {
     "pairwise_accuracy": ("held-out pairwise accuracy", "{:.1%}"),
     "before_judge_score": ("judge score before", "{:.2f}"),
     "judge_score": ("judge score after", "{:.2f}"),
+    "before_reward_model_score": ("reward model score before", "{:.2f}"),
+    "reward_model_score": ("reward model score after", "{:.2f}"),
+    "best_judge_step": ("judge's best step", "{:d}"),
     "preference_accuracy": ("held-out preference accuracy", "{:.1%}"),
     "eval_loss": ("eval loss", "{:.3f}"),
     "train_loss": ("train loss", "{:.3f}"),
@@ -219,7 +222,7 @@ def write_report(runs: list[StageRun], path: str | Path, title: str = "chatforge
         (run.stage.name, run.output / png)
         for run in runs
         if not run.stage.evaluates
-        for png in ("loss_curve.png", "grpo_curves.png")
+        for png in ("loss_curve.png", "grpo_curves.png", "rlhf_curves.png")
     ]
     curves = [(name, png) for name, png in curves if png.is_file()]
     if curves:

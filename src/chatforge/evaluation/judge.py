@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def judge_policy(
     judge,
     max_new_tokens: int = 64,
     generator: Generator | None = None,
+    scorer: Callable[..., list[float]] | None = None,
 ) -> dict[str, Any]:
     """Greedy replies to each question, scored by `judge` (a chatforge.world.Judge): means of its verdicts.
 
@@ -58,6 +60,10 @@ def judge_policy(
         "polite": sum(v.polite for v in verdicts) / n,
         "mean_words": sum(v.words for v in verdicts) / n,
     }
+    if scorer is not None:
+        completions = [[{"role": "assistant", "content": reply}] for reply in replies]
+        scores = scorer(prompts=[r["messages"] for r in rows], completions=completions)
+        result["reward_model_score"] = sum(scores) / n
     for kind in sorted({row["kind"] for row in rows}):
         picked = [v.correct for row, v in zip(rows, verdicts) if row["kind"] == kind]
         result[f"{kind}_correct"] = sum(picked) / len(picked)
