@@ -106,6 +106,16 @@ def config_class(algorithm: str) -> type:
     raise RecipeError(f"algorithm: unknown {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
 
 
+def check_reward_model_path(path: str | None) -> str:
+    """The reward model must be set and, when local, exist; say what makes it."""
+    return require_model(
+        path,
+        "reward model",
+        "a reward model (e.g. outputs/reward)",
+        "train it first with `python scripts/run_reward.py recipes/reward.yaml` (or run `make demo`)",
+    )
+
+
 class RewardModelScorer:
     """A reward function backed by a sequence classifier: the score of each (prompt, completion) conversation.
 
@@ -114,12 +124,7 @@ class RewardModelScorer:
     """
 
     def __init__(self, path: str, device: torch.device | str | None = None, batch_size: int = 32) -> None:
-        path = require_model(
-            path,
-            "reward model",
-            "a reward model (e.g. outputs/reward)",
-            "train it first with `python scripts/run_reward.py recipes/reward.yaml` (or run `make demo`)",
-        )
+        path = check_reward_model_path(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
         self.model.requires_grad_(False).eval()
         if device is not None:
@@ -287,6 +292,7 @@ def train(
     model_path = check_model_path(model_args.model_name_or_path)
     if script_args.reward_model_path is None:
         raise RecipeError("reward_model_path is not set; RLHF optimises a reward model (recipes/reward.yaml)")
+    check_reward_model_path(script_args.reward_model_path)
     if not training_args.max_steps or training_args.max_steps < 1:
         raise RecipeError("set max_steps in the RLHF recipe: how long to optimise is the choice that matters here")
     prompts = load_prompts(script_args)
