@@ -7,7 +7,7 @@ Usage:
         "source": "cais/mmlu", "split": "test", "limit": 500}}'
 
 Task types: bits_per_byte, multiple_choice (hellaswag, mmlu, arc, world_facts formats), fact_completion,
-chat_qa, hallucination, math (see chatforge.evaluation.tasks). Results go to <output_dir>/eval_results.json
+chat_qa, hallucination, math, tools (see chatforge.evaluation.tasks). Results go to <output_dir>/eval_results.json
 and a one-line summary per task is printed.
 """
 

@@ -14,6 +14,8 @@ chat data: OUTPUT_DIR/sft/{train,test}.jsonl (`{"messages": [...]}` rows for SFT
 (the assistant's identity conversations alone) and OUTPUT_DIR/chat_eval.jsonl (questions with expected answers).
 With `math_problems > 0` (the default) it writes arithmetic word problems about the world's people to
 OUTPUT_DIR/math/{train,test}.jsonl (question, answer, solution, difficulty; no question in both files).
+Unless `--tools_data false`, it writes tool-use data: OUTPUT_DIR/tools_sft/train.jsonl (`messages` plus the tool
+schemas in `tools`), OUTPUT_DIR/tools_eval.jsonl and the search tool's index OUTPUT_DIR/search/.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main(args: DataScriptArguments) -> dict:
     chat_config = args.chat_config() if args.chat_data else None
     math_config = args.math_config()
     pref_config = args.preference_config()
+    tools_config = args.tools_config()
     start = time.perf_counter()
     world = World.generate(config)
     world.render(progress=True)
@@ -61,6 +64,10 @@ def main(args: DataScriptArguments) -> dict:
         summary["math"] = write_math_data(
             world, args.output_dir, math_config, args.math_test_fraction, args.math_sft_difficulties
         )
+    if tools_config is not None:
+        from chatforge.world.tools_data import write_tools_data
+
+        summary["tools"] = write_tools_data(world, args.output_dir, tools_config)
     elapsed = time.perf_counter() - start
     rows = [
         (
@@ -97,6 +104,12 @@ def main(args: DataScriptArguments) -> dict:
         rows.append(
             ("crawl pages (good + noise)", f"{summary['crawl']['pages']:,} ({kinds.get('good', 0):,} + {noise})")
         )
+    if "tools" in summary:
+        tools = summary["tools"]
+        kinds = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in tools["tools_train"].items())
+        rows.append(("tool conversations", f"{sum(tools['tools_train'].values()):,} ({kinds})"))
+        rows.append(("tool eval questions", f"{sum(tools['tools_eval'].values()):,}"))
+        rows.append(("search index documents", f"{tools['search_documents']:,}"))
     rows.append(("time", f"{elapsed:.1f}s"))
     width = max(len(name) for name, _ in rows)
     print(f"synthetic world, seed {config.seed}")
@@ -109,6 +122,8 @@ def main(args: DataScriptArguments) -> dict:
         print(f"wrote {args.output_dir}/math/{{train,test}}.jsonl")
     if "prefs" in summary:
         print(f"wrote {args.output_dir}/prefs/{{train,test,judge_eval}}.jsonl")
+    if "tools" in summary:
+        print(f"wrote {args.output_dir}/tools_sft/train.jsonl, tools_eval.jsonl, search/")
     if "crawl" in summary:
         print(f"wrote {args.output_dir}/crawl/crawl.warc.gz, labels.jsonl (for recipes/data_web.yaml)")
     return summary

@@ -74,6 +74,20 @@ def _message_problem(messages: Any) -> str | None:
     return None
 
 
+def row_tools(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """A row's tool schemas for the chat template: its `tools` column (a list, or a JSON string as TRL also takes
+    it), or None when it offers none."""
+    tools = row.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"a row's `tools` is not valid JSON: {err}") from None
+    if tools is not None and not isinstance(tools, list):
+        raise RecipeError(f"a row's `tools` must be a list of tool schemas, got {type(tools).__name__}")
+    return tools or None
+
+
 def validate_conversations(dataset: Any, name: str, max_rows_checked: int | None = None) -> int:
     """Check that every row (or the first `max_rows_checked`) holds a valid `messages` conversation.
 

@@ -5,7 +5,8 @@ dataset_mixture:
     - id: data/world/sft          # a local folder or file, or a Hub dataset id
       config: null
       split: train
-      columns: [messages]
+      columns: [messages]         # [messages, tools] for tool conversations (data/world/tools_sft); a dataset
+                                  # without `tools` mixes in with nulls there
       weight: 1.0                 # < 1 subsamples, > 1 repeats (the fractional part is subsampled)
       format: messages            # or oasst_trees: OpenAssistant message trees (.jsonl[.gz]), best-ranked path
   seed: 0
@@ -42,6 +43,9 @@ class MixtureDataset:
 
 
 FORMATS = ("messages", "oasst_trees")
+# Columns a dataset of a mixture may lack while another has them; its rows get nulls. `tools`: the JSON tool
+# schemas of a conversation, which TRL's SFTTrainer passes to the chat template (null: no tools offered).
+OPTIONAL_COLUMNS = ("tools",)
 
 
 @dataclass
@@ -181,6 +185,22 @@ def merged_features(all_features: list[Any]) -> Any:
     return datasets.Features(merged)
 
 
+def fill_optional_columns(parts: list[datasets.Dataset]) -> list[datasets.Dataset]:
+    """Parts that lack an optional column some other part has get it as nulls, in the same place: conversations
+    with tool schemas (`tools`) mix with conversations offering none."""
+    for name in OPTIONAL_COLUMNS:
+        having = [part for part in parts if name in part.column_names]
+        if not having or len(having) == len(parts):
+            continue
+        feature, order = having[0].features[name], having[0].column_names
+        parts = [
+            part if name in part.column_names else part.add_column(name, [None] * len(part), feature=feature)
+            for part in parts
+        ]
+        parts = [part.select_columns(order) if set(part.column_names) == set(order) else part for part in parts]
+    return parts
+
+
 def load_mixture(mixture: dict[str, Any] | DatasetMixture) -> datasets.DatasetDict:
     """Load, weigh, concatenate and shuffle the mixture's datasets into a DatasetDict ("train"[, "test"])."""
     import datasets
@@ -198,6 +218,7 @@ def load_mixture(mixture: dict[str, Any] | DatasetMixture) -> datasets.DatasetDi
             dataset = dataset.select_columns(spec.columns)
         indices = weighted_indices(len(dataset), float(spec.weight), f"{mixture.seed}:{index}:{spec.id}")
         parts.append(dataset.select(indices))
+    parts = fill_optional_columns(parts)
     features = merged_features([part.features for part in parts])
     for spec, part in zip(mixture.datasets[1:], parts[1:]):
         if part.column_names != parts[0].column_names:

@@ -12,17 +12,22 @@ from __future__ import annotations
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
+from chatforge.chat_data import row_tools
 from chatforge.configs import RecipeError
 from chatforge.data import load_corpus, pack_dataset
 
 
 def tokenize_conversations(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, masks: bool = True) -> Dataset:
-    """`messages` rendered with the chat template into `input_ids` and, with `masks`, `assistant_masks` (what
-    TRL would do with `assistant_only_loss`)."""
+    """`messages` (with the row's `tools` schemas, if any) rendered with the chat template into `input_ids` and,
+    with `masks`, `assistant_masks` (what TRL would do with `assistant_only_loss`)."""
 
     def tokenize(example: dict) -> dict:
         out = tokenizer.apply_chat_template(
-            example["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=masks
+            example["messages"],
+            tools=row_tools(example),
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=masks,
         )
         if not masks:
             return {"input_ids": list(out["input_ids"])}

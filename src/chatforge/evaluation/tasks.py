@@ -321,6 +321,46 @@ def run_math(spec: MathSpec, ctx: EvalContext) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------------------------------- tool use
+
+
+@dataclass
+class ToolUseSpec(TaskSpec):
+    """Questions that need the calculator, Python or search, and some that need no tool, asked through the tool
+    loop (tools offered) and without tools: accuracy both ways, call rates per kind, unneeded calls."""
+
+    file: str = "data/world/tools_eval.jsonl"
+    search_index: str = "data/world/search"
+    tools: list[str] = field(default_factory=lambda: ["python", "calculator", "search"])
+    max_new_tokens: int = field(default=96, metadata={"help": "Tokens per generation round."})
+    max_tool_rounds: int = 3
+    without_tools: bool = field(default=True, metadata={"help": "Also ask every question without tools."})
+
+    def check(self, name: str) -> None:
+        from chatforge.tools.registry import TOOL_NAMES
+
+        super().check(name)
+        _need_file(name, "file", self.file, WORLD_HINT)
+        unknown = [t for t in self.tools or [] if t not in TOOL_NAMES]
+        if not self.tools or unknown:
+            raise RecipeError(f"task {name}: tools must name some of {', '.join(TOOL_NAMES)}, got {self.tools!r}")
+        if "search" in self.tools:
+            _need_file(name, "search_index", self.search_index, WORLD_HINT)
+        if self.max_new_tokens < 1 or self.max_tool_rounds < 0:
+            raise RecipeError(f"task {name}: max_new_tokens must be >= 1 and max_tool_rounds >= 0")
+
+
+def run_tool_use(spec: ToolUseSpec, ctx: EvalContext) -> dict:
+    from chatforge.evaluation.tool_use import load_tools_eval, tool_use_metrics
+    from chatforge.tools.registry import select_tools
+
+    rows = _subsample(load_tools_eval(spec.file), spec.limit, ctx.seed)
+    tools = select_tools(spec.tools, spec.search_index if "search" in spec.tools else None)
+    return tool_use_metrics(
+        ctx.generator, ctx.tokenizer, rows, tools, spec.max_new_tokens, spec.max_tool_rounds, spec.without_tools
+    )
+
+
 # ----------------------------------------------------------------------------------------------------- registry
 
 
@@ -340,6 +380,7 @@ TASKS: dict[str, Task] = {
     "chat_qa": Task(ChatQASpec, run_chat_qa, chat=True),
     "hallucination": Task(HallucinationSpec, run_hallucination, chat=True),
     "math": Task(MathSpec, run_math),
+    "tools": Task(ToolUseSpec, run_tool_use, chat=True),
 }
 
 

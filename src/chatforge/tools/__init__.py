@@ -22,6 +22,7 @@ from chatforge.tools.registry import (
     python_tool,
     run_tool_call,
     search_tool,
+    select_tools,
 )
 from chatforge.tools.search import SearchDocument, SearchHit, SearchIndex, format_hits, make_snippet
 
@@ -47,4 +48,5 @@ __all__ = [
     "python_tool",
     "run_tool_call",
     "search_tool",
+    "select_tools",
 ]

@@ -13,10 +13,12 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from chatforge.configs import RecipeError
 from chatforge.tokenizer import TOOL_CALL_END, TOOL_CALL_START
 from chatforge.tools.calculator import CalculatorError, calculate
 from chatforge.tools.python_sandbox import PythonSandbox
@@ -117,6 +119,28 @@ def default_tools(search_index: SearchIndex | None = None, sandbox: PythonSandbo
     if search_index is not None:
         tools.append(search_tool(search_index))
     return {tool.name: tool for tool in tools}
+
+
+TOOL_NAMES = ("python", "calculator", "search")
+
+
+def select_tools(
+    names: Sequence[str], search_index: str | Path | SearchIndex | None = None, sandbox: PythonSandbox | None = None
+) -> dict[str, Tool]:
+    """The tools called `names` (of TOOL_NAMES), in that order; `search` needs `search_index` (an index or the
+    folder SearchIndex.save wrote, e.g. data/world/search)."""
+    unknown = [name for name in names if name not in TOOL_NAMES]
+    if unknown:
+        raise RecipeError(f"tools: unknown tool {unknown[0]!r}; the tools are {', '.join(TOOL_NAMES)}")
+    if not names:
+        raise RecipeError(f"tools: name at least one of {', '.join(TOOL_NAMES)}")
+    index = None
+    if "search" in names:
+        if search_index is None:
+            raise RecipeError("tools: search needs a search index (search_index: a folder written by run_data.py)")
+        index = search_index if isinstance(search_index, SearchIndex) else SearchIndex.load(search_index)
+    available = default_tools(search_index=index, sandbox=sandbox)
+    return {name: available[name] for name in dict.fromkeys(names)}
 
 
 def _parse_one(body: str) -> ToolCall:

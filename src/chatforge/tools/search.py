@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import bm25s
-
 from chatforge.configs import RecipeError
+from chatforge.tools._bm25 import bm25s
 
 DOCUMENTS_FILE = "documents.jsonl"
 CONFIG_FILE = "search_index.json"

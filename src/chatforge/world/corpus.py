@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatforge.configs import RecipeError
 from chatforge.world.chat import ChatDataConfig, build_chat_data
@@ -16,6 +16,9 @@ from chatforge.world.entities import PERSON_STYLES, World, WorldConfig
 from chatforge.world.math import DIFFICULTIES, MathConfig, generate_math_problems, math_conversation, split_problems
 from chatforge.world.preferences import PreferenceConfig
 from chatforge.world.render import Document
+
+if TYPE_CHECKING:  # tools_data imports chatforge.tools (transformers, bm25s): only when tool data is built
+    from chatforge.world.tools_data import ToolsDataConfig
 
 SOURCES = ("world",)
 MIN_TRAIN_MENTIONS = 3  # every fact must stay stated in at least this many train documents
@@ -91,6 +94,18 @@ class DataScriptArguments:
     preference_test_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of preference pairs in prefs/test.jsonl (other people), in (0, 1)."}
     )
+    tools_data: bool = field(
+        default=True,
+        metadata={
+            "help": "Also write tool-use data: tools_sft/train.jsonl (conversations that call the calculator, Python "
+            "or search, or answer without a tool), tools_eval.jsonl and the search index search/."
+        },
+    )
+    tools_conversations: int = field(
+        default=500,
+        metadata={"help": "Tool-use SFT conversations (30% multiplication, 20% counting, 30% search, 20% no tool)."},
+    )
+    tools_eval_per_kind: int = field(default=40, metadata={"help": "Questions per kind in tools_eval.jsonl."})
 
     def world_config(self) -> WorldConfig:
         """The WorldConfig these arguments describe (validated)."""
@@ -141,6 +156,21 @@ class DataScriptArguments:
             test_fraction=self.preference_test_fraction,
             sft_people_fraction=self.sft_people_fraction,
             seed=self.seed,
+        )
+        config.validate()
+        return config
+
+    def tools_config(self) -> ToolsDataConfig | None:
+        """The ToolsDataConfig these arguments describe (validated), or None when no tool data is wanted."""
+        if not self.tools_data:
+            return None
+        from chatforge.world.tools_data import ToolsDataConfig
+
+        config = ToolsDataConfig(
+            seed=self.seed,
+            conversations=self.tools_conversations,
+            eval_per_kind=self.tools_eval_per_kind,
+            sft_people_fraction=self.sft_people_fraction,
         )
         config.validate()
         return config

@@ -72,6 +72,10 @@ class NameGenerator:
         low = word.lower()
         return any(low in taken or taken in low for taken in self._taken)
 
+    def reserve(self, words: Sequence[str]) -> None:
+        """Treat `words` as taken, so no new word equals or overlaps one of them (e.g. another world's names)."""
+        self._taken.extend(word.lower() for word in words if word)
+
     def new(self, kind: str) -> str:
         """A fresh word of `kind` ("first", "surname", "city", "country" or "org")."""
         _, _, _, min_len, max_len = _KINDS[kind]
