@@ -124,3 +124,34 @@ def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytes
     metrics = json.loads((out / "metrics.json").read_text())
     print(f"\ndefault SFT: {json.dumps(metrics)}")
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny models on one thread (`pytestmark = pytest.mark.usefixtures("one_thread")`): as fast
+    alone, and far faster when another job shares the 2 cores (measured 0.13 s against 4.5 s per PPO step)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised Qwen3 with the chat tokenizer, saved like an SFT output (read-only for tests)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, max_position_embeddings=256, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_chat")
+    Qwen3ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -24,6 +24,8 @@ from chatforge.evaluation.multiple_choice import (
 )
 from chatforge.modeling import ArchitectureArguments, build_model, build_model_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HELLASWAG = SHARED_DATA / "eval" / "hellaswag_val_2000.jsonl.gz"
 MMLU_DEV = SHARED_DATA / "eval" / "mmlu_dev"
 needs_shared_data = pytest.mark.skipif(
@@ -195,15 +197,6 @@ def test_missing_paths_and_bad_files_are_one_line_errors(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------------- scoring
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run this module's tiny tensors on one thread: on a busy 2-core machine two threads are ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

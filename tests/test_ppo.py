@@ -27,38 +27,12 @@ from chatforge.ppo import (
 )
 from chatforge.world import World
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LOGGED = (
     "objective/scores", "objective/kl", "objective/kl_coef", "objective/rlhf_reward", "loss/policy", "loss/value",
     "policy/clipfrac", "value/clipfrac", "policy/entropy", "policy/approx_kl", "completions/mean_length", "lr",
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is ~40x faster than two when another job shares the cores (measured 0.13 vs 4.5 s
-    per step), and no slower alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_model(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny randomly initialised Qwen3 with the chat tokenizer, saved like an SFT output."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, max_position_embeddings=256, tie_word_embeddings=True,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_chat")
-    Qwen3ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, one_line_error, run_script
 
 from chatforge.configs import RecipeError
 from chatforge.world import World, build_preference_pairs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SURFACE_KINDS = ("verbose", "rude")  # flaws a tiny model can see without knowing the world's facts
 
@@ -25,24 +28,6 @@ def surface_pairs(world: World, tmp_path_factory: pytest.TempPathFactory) -> Pat
     for split, rows in (("train", train), ("test", test)):
         kept = [r for r in rows if r["rejected_kind"] in SURFACE_KINDS and r["chosen_kind"] == "good"]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_model(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny randomly initialised Qwen3 with the chat tokenizer, saved like an SFT output."""
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, max_position_embeddings=256, tie_word_embeddings=True,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_chat")
-    Qwen3ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -260,12 +245,15 @@ def test_rlhf_recipes_fail_early(tmp_path: Path) -> None:
         RLHFScriptArguments(algorithm="ppo2")
     assert recipe_algorithm(["recipes/rlhf.yaml"]) == "grpo"
     assert recipe_algorithm(["recipes/rlhf.yaml", "--algorithm", "rloo"]) == "rloo"
-    assert recipe_algorithm(["recipes/rlhf_ppo.yaml"]) == "ppo"
     bad = one_line_error(run_script("run_rlhf.py", "recipes/rlhf.yaml", "--algorithm", "ppo2"))
     assert "algorithm: unknown 'ppo2'" in bad
-    # PPO's recipe keys are PPOConfig's: a GRPO-only key is named
-    wrong_keys = one_line_error(run_script("run_rlhf.py", "recipes/rlhf.yaml", "--algorithm", "ppo"))
-    assert "num_generations" in wrong_keys
+    # a section's keys must belong to its algorithm's config: the error names the recipe and the section
+    recipe = yaml.safe_load((REPO / "recipes" / "rlhf.yaml").read_text())
+    recipe["ppo"]["num_generations"] = 8
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
+    wrong_key = one_line_error(run_script("run_rlhf.py", str(tmp_path / "bad.yaml"), "--algorithm", "ppo"))
+    assert f"{tmp_path / 'bad.yaml'} (algorithm ppo): unknown key 'num_generations'" in wrong_key
+
     no_reward = one_line_error(
         run_script(
             "run_rlhf.py",
@@ -282,10 +270,23 @@ def test_rlhf_recipes_fail_early(tmp_path: Path) -> None:
     assert not (tmp_path / "rlhf").exists()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when another job shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "ppo"])
+def test_the_rlhf_recipe_switches_algorithm_with_its_section(algorithm: str) -> None:
+    from trl import ModelConfig
+
+    from chatforge.configs import parse_recipe
+    from chatforge.rlhf import RLHFScriptArguments, config_class, resolve_rlhf_recipe
+
+    chosen, args = resolve_rlhf_recipe(["recipes/rlhf.yaml", "--algorithm", algorithm, "--max_steps", "7"])
+    script_args, training_args, _ = parse_recipe([RLHFScriptArguments, config_class(chosen), ModelConfig], args)
+    section = yaml.safe_load((REPO / "recipes" / "rlhf.yaml").read_text())[algorithm]
+    assert chosen == script_args.algorithm == algorithm
+    assert (
+        type(training_args).__name__
+        == {"grpo": "ChatGRPOConfig", "rloo": "ChatRLOOConfig", "ppo": "PPOConfig"}[algorithm]
+    )
+    assert training_args.learning_rate == section["learning_rate"] and training_args.max_steps == 7  # CLI wins
+    if algorithm == "ppo":
+        assert training_args.init_kl_coef == section["init_kl_coef"] and training_args.num_ppo_epochs == 4
+    else:
+        assert training_args.num_generations == section["num_generations"] and training_args.beta == section["beta"]

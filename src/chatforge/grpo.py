@@ -266,19 +266,7 @@ def train(
 
     from trl import GRPOTrainer  # imports vLLM when installed: after every check of the recipe
 
-    cpu_colocate = training_args.use_vllm and training_args.vllm_mode == "colocate" and not torch.cuda.is_available()
-    with colocated_engine_dtype(model.dtype if cpu_colocate else None):
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=training_args,
-            train_dataset=train_dataset,
-            processing_class=tokenizer,
-            peft_config=None,
-            callbacks=callbacks,
-        )
-    if cpu_colocate:
-        patch_cpu_colocate_sync(trainer)
+    trainer = build_trl_trainer(GRPOTrainer, model, reward_funcs, training_args, train_dataset, tokenizer, callbacks)
     train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     history = trainer.state.log_history
     lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
@@ -302,6 +290,32 @@ def train(
     trainer.accelerator.wait_for_everyone()
     push_stage_output(training_args)
     return trainer, metrics
+
+
+def build_trl_trainer(
+    trainer_class: type,
+    model: PreTrainedModel,
+    reward_funcs: list,
+    training_args: Any,
+    train_dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    callbacks: list[TrainerCallback] | None,
+) -> Any:
+    """A TRL online trainer (GRPOTrainer, RLOOTrainer). With vLLM colocated on a CPU, its engine is built in the
+    model's dtype and its weight sync goes through vLLM's in-place reload (see the two functions below)."""
+    cpu_colocate = training_args.use_vllm and training_args.vllm_mode == "colocate" and not torch.cuda.is_available()
+    with colocated_engine_dtype(model.dtype if cpu_colocate else None):
+        trainer = trainer_class(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    if cpu_colocate:
+        patch_cpu_colocate_sync(trainer)
+    return trainer
 
 
 @contextmanager

@@ -58,7 +58,6 @@ STAGES: tuple[Stage, ...] = (
     Stage("reward", "run_reward.py", "reward.yaml", after=("data", "sft"), resumable=True),
     Stage("dpo", "run_dpo.py", "dpo.yaml", after=("data", "sft"), resumable=True),
     Stage("rlhf", "run_rlhf.py", "rlhf.yaml", after=("data", "sft", "reward"), resumable=True),
-    Stage("rlhf_ppo", "run_rlhf.py", "rlhf_ppo.yaml", after=("data", "sft", "reward"), resumable=True),
     Stage("eval_pretrain", "evaluate.py", "eval.yaml", after=("data", "pretrain"), evaluates="pretrain"),
     Stage("eval_sft", "evaluate.py", "eval.yaml", after=("data", "sft"), evaluates="sft"),
     Stage("eval_grpo", "evaluate.py", "eval.yaml", after=("data", "grpo"), evaluates="grpo"),

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -260,26 +262,14 @@ def build_trainer(
             train_dataset=prompts,
             callbacks=callbacks,
         )
-    from chatforge.grpo import check_vllm, colocated_engine_dtype, patch_cpu_colocate_sync
+    from chatforge.grpo import build_trl_trainer, check_vllm
 
     check_vllm(training_args)
     if script_args.algorithm == "grpo":
         from trl import GRPOTrainer as Trainer
     else:
         from trl import RLOOTrainer as Trainer
-    cpu_colocate = training_args.use_vllm and training_args.vllm_mode == "colocate" and not torch.cuda.is_available()
-    with colocated_engine_dtype(model.dtype if cpu_colocate else None):
-        trainer = Trainer(
-            model=model,
-            reward_funcs=[scorer],
-            args=training_args,
-            train_dataset=prompts,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-    if cpu_colocate:
-        patch_cpu_colocate_sync(trainer)
-    return trainer
+    return build_trl_trainer(Trainer, model, [scorer], training_args, prompts, tokenizer, callbacks)
 
 
 def train(
@@ -391,24 +381,63 @@ def plot_rlhf_curves(log_history: list[dict], path: Any) -> None:
     plt.close(fig)
 
 
+def _recipe_path(args: list[str]) -> str | None:
+    recipe = next((a for a in args if a.endswith((".yaml", ".yml")) and not a.startswith("-")), None)
+    if recipe is None and "--config" in args and args.index("--config") + 1 < len(args):
+        recipe = args[args.index("--config") + 1]
+    return recipe
+
+
+def _read_mapping(recipe: str | None) -> dict:
+    import yaml
+
+    if recipe is None:
+        return {}
+    try:
+        config = yaml.safe_load(open(recipe)) or {}
+    except (OSError, yaml.YAMLError):
+        return {}  # parse_recipe reports the file problem with its own message
+    return config if isinstance(config, dict) else {}
+
+
 def recipe_algorithm(args: list[str]) -> str:
     """The `algorithm` a command line asks for (`--algorithm X` wins over the recipe's key), before full parsing:
     it decides which training-arguments class reads the rest of the recipe."""
-    import yaml
-
     for i, arg in enumerate(args):
         if arg.startswith("--algorithm="):
             return arg.split("=", 1)[1]
         if arg == "--algorithm" and i + 1 < len(args):
             return args[i + 1]
-    recipe = next((a for a in args if a.endswith((".yaml", ".yml")) and not a.startswith("-")), None)
-    if recipe is None and "--config" in args and args.index("--config") + 1 < len(args):
-        recipe = args[args.index("--config") + 1]
-    if recipe is not None:
-        try:
-            config = yaml.safe_load(open(recipe)) or {}
-        except (OSError, yaml.YAMLError):
-            return "grpo"  # parse_recipe reports the file problem with its own message
-        if isinstance(config, dict) and config.get("algorithm"):
-            return str(config["algorithm"])
-    return "grpo"
+    return str(_read_mapping(_recipe_path(args)).get("algorithm") or "grpo")
+
+
+def resolve_rlhf_recipe(args: list[str]) -> tuple[str, list[str]]:
+    """The algorithm, and the command line with the recipe flattened for it.
+
+    A recipe may hold one section per algorithm (`grpo:`, `rloo:`, `ppo:`) beside the shared keys, so switching
+    `algorithm` switches the whole set of settings; the chosen section's keys override the shared ones and the other
+    sections are dropped. The flattened recipe goes to a temporary file, and
+    every key is checked against the algorithm's classes, with errors naming the original file and section.
+    """
+    import yaml
+
+    from chatforge.configs import load_recipe_file
+
+    algorithm = recipe_algorithm(args)
+    recipe = _recipe_path(args)
+    config = _read_mapping(recipe)
+    if recipe is None or not any(isinstance(config.get(name), dict) for name in ALGORITHMS):
+        return algorithm, args
+    section = config.get(algorithm) or {}
+    if not isinstance(section, dict):
+        raise RecipeError(f"{recipe}: the `{algorithm}` section must be a mapping of settings")
+    flat = {k: v for k, v in config.items() if k not in ALGORITHMS} | section | {"algorithm": algorithm}
+    flat_path = Path(tempfile.mkdtemp(prefix="chatforge-rlhf-")) / f"{Path(recipe).stem}.{algorithm}.yaml"
+    flat_path.write_text(
+        f"# {recipe} flattened for algorithm {algorithm} (written by run_rlhf.py)\n" + yaml.safe_dump(flat)
+    )
+    try:
+        load_recipe_file(flat_path, [RLHFScriptArguments, config_class(algorithm), ModelConfig])
+    except RecipeError as err:
+        raise RecipeError(str(err).replace(str(flat_path), f"{recipe} (algorithm {algorithm})")) from None
+    return algorithm, [str(flat_path) if a == recipe else a for a in args]
