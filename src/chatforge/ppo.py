@@ -572,10 +572,19 @@ class PPOTrainer(transformers.Trainer):
         if not (folder and (Path(folder) / "config.json").is_file()):
             folder = tempfile.mkdtemp(prefix="ppo_vllm_")
             self.policy.save_pretrained(folder)
+        memory: dict[str, Any] = {"gpu_memory_utilization": self.args.vllm_gpu_memory_utilization}
+        if not torch.cuda.is_available():
+            # vLLM's CPU build sizes the KV cache as utilization x RAM *minus this process's resident memory*, so a
+            # process already holding models (policy, reference, value, reward, judge data) gets none and fails
+            # to start (measured in the test suite: -0.11 GiB). Ask for the share of RAM outright instead.
+            import psutil
+
+            total = psutil.virtual_memory().total
+            memory = {"kv_cache_memory_bytes": int(self.args.vllm_gpu_memory_utilization * total)}
         engine = LLM(
             model=str(folder),
             dtype=str(self.policy.dtype).removeprefix("torch."),
-            gpu_memory_utilization=self.args.vllm_gpu_memory_utilization,
+            **memory,
             max_model_len=max(len(p) for p in self.prompt_ids) + self.args.max_completion_length,
             enforce_eager=True,
             seed=self.args.seed,
