@@ -53,6 +53,18 @@ def load_recipe_file(path: str | Path, dataclass_types: Sequence[type]) -> dict[
     return config
 
 
+def split_recipe_arg(args: list[str]) -> tuple[str | None, list[str]]:
+    """The recipe a command line names (`RECIPE.yaml ...` first, or `--config RECIPE.yaml`) and the other args."""
+    if args and args[0].endswith((".yaml", ".yml")) and not args[0].startswith("-"):
+        return args[0], args[1:]
+    if "--config" in args:
+        index = args.index("--config")
+        if index + 1 >= len(args):
+            raise RecipeError("--config needs a path to a recipe YAML")
+        return args[index + 1], args[:index] + args[index + 2 :]
+    return None, args
+
+
 def parse_recipe(dataclass_types: Sequence[type], args: Iterable[str] | None = None) -> tuple:
     """Parse `RECIPE.yaml [--key value ...]` (or `--config RECIPE.yaml ...`) into dataclass instances.
 
@@ -60,16 +72,7 @@ def parse_recipe(dataclass_types: Sequence[type], args: Iterable[str] | None = N
     """
     from trl import TrlParser
 
-    args = list(sys.argv[1:] if args is None else args)
-    recipe: str | None = None
-    if args and args[0].endswith((".yaml", ".yml")) and not args[0].startswith("-"):
-        recipe = args.pop(0)
-    elif "--config" in args:
-        index = args.index("--config")
-        if index + 1 >= len(args):
-            raise RecipeError("--config needs a path to a recipe YAML")
-        recipe = args[index + 1]
-        del args[index : index + 2]
+    recipe, args = split_recipe_arg(list(sys.argv[1:] if args is None else args))
     if recipe is not None:
         load_recipe_file(recipe, dataclass_types)  # clear errors first
         args = ["--config", recipe, *args]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,22 +55,6 @@ class ChatDPOConfig(DeviceDefaults, DPOConfig):
     output_dir: str = field(default="outputs/dpo", metadata={"help": "Where the model and checkpoints go."})
 
 
-def load_judge(script_args: DPOScriptArguments) -> tuple[Any, list[dict]] | None:
-    """The world's judge and its questions, or None when the recipe asks for no judge evaluation."""
-    if not script_args.judge_eval_file:
-        return None
-    from chatforge.evaluation.judge import load_judge_rows
-    from chatforge.world import Judge
-    from chatforge.world.entities import load_world
-
-    rows = load_judge_rows(script_args.judge_eval_file)
-    if script_args.max_judge_eval and script_args.max_judge_eval < len(rows):
-        # a seeded sample, in file order, so a cap keeps every kind of question (the file lists them by kind)
-        keep = sorted(random.Random(0).sample(range(len(rows)), script_args.max_judge_eval))
-        rows = [rows[i] for i in keep]
-    return Judge(load_world(script_args.world)), rows
-
-
 def train(
     script_args: DPOScriptArguments,
     training_args: ChatDPOConfig,
@@ -79,11 +62,13 @@ def train(
     callbacks: list[TrainerCallback] | None = None,
 ) -> tuple[DPOTrainer, dict]:
     """DPO from the chat model on preference pairs; judge the policy's replies before and after."""
-    from chatforge.evaluation.judge import judge_policy
+    from chatforge.evaluation.judge import judge_policy, load_judge
 
     model_path = check_model_path(model_args.model_name_or_path)
     train_pairs, test_pairs = load_train_test_pairs(script_args, "DPO")
-    judged = load_judge(script_args)
+    judged = None
+    if script_args.judge_eval_file:
+        judged = load_judge(script_args.judge_eval_file, script_args.world, script_args.max_judge_eval)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not tokenizer.chat_template:
         raise RecipeError(f"{model_path} has no chat template: DPO compares chat-formatted replies")

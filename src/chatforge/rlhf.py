@@ -32,7 +32,7 @@ from transformers import (
 )
 from trl import ModelConfig, RLOOConfig
 
-from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
+from chatforge.configs import DeviceDefaults, RecipeError, none_if_null, split_recipe_arg
 from chatforge.data import looks_local, require_model
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
@@ -295,9 +295,9 @@ def train(
         raise RecipeError(f"{script_args.reward_model_path} and {model_path} use different tokenizers")
     callbacks = list(callbacks or [])
     if script_args.judge_eval_file:
-        from chatforge.dpo import load_judge
+        from chatforge.evaluation.judge import load_judge
 
-        judge, rows = load_judge(script_args)
+        judge, rows = load_judge(script_args.judge_eval_file, script_args.world, script_args.max_judge_eval)
         callbacks.append(JudgeCallback(judge, rows, tokenizer, scorer, script_args.judge_every))
     transformers.set_seed(training_args.seed)
     model = AutoModelForCausalLM.from_pretrained(
@@ -381,13 +381,6 @@ def plot_rlhf_curves(log_history: list[dict], path: Any) -> None:
     plt.close(fig)
 
 
-def _recipe_path(args: list[str]) -> str | None:
-    recipe = next((a for a in args if a.endswith((".yaml", ".yml")) and not a.startswith("-")), None)
-    if recipe is None and "--config" in args and args.index("--config") + 1 < len(args):
-        recipe = args[args.index("--config") + 1]
-    return recipe
-
-
 def _read_mapping(recipe: str | None) -> dict:
     import yaml
 
@@ -408,7 +401,7 @@ def recipe_algorithm(args: list[str]) -> str:
             return arg.split("=", 1)[1]
         if arg == "--algorithm" and i + 1 < len(args):
             return args[i + 1]
-    return str(_read_mapping(_recipe_path(args)).get("algorithm") or "grpo")
+    return str(_read_mapping(split_recipe_arg(args)[0]).get("algorithm") or "grpo")
 
 
 def resolve_rlhf_recipe(args: list[str]) -> tuple[str, list[str]]:
@@ -424,7 +417,7 @@ def resolve_rlhf_recipe(args: list[str]) -> tuple[str, list[str]]:
     from chatforge.configs import load_recipe_file
 
     algorithm = recipe_algorithm(args)
-    recipe = _recipe_path(args)
+    recipe, rest = split_recipe_arg(args)
     config = _read_mapping(recipe)
     if recipe is None or not any(isinstance(config.get(name), dict) for name in ALGORITHMS):
         return algorithm, args
@@ -440,4 +433,4 @@ def resolve_rlhf_recipe(args: list[str]) -> tuple[str, list[str]]:
         load_recipe_file(flat_path, [RLHFScriptArguments, config_class(algorithm), ModelConfig])
     except RecipeError as err:
         raise RecipeError(str(err).replace(str(flat_path), f"{recipe} (algorithm {algorithm})")) from None
-    return algorithm, [str(flat_path) if a == recipe else a for a in args]
+    return algorithm, [str(flat_path), *rest]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,19 @@ def load_judge_rows(path: str | Path) -> list[dict[str, Any]]:
         if missing:
             raise RecipeError(f"{path}: row {i} lacks {sorted(missing)}")
     return rows
+
+
+def load_judge(judge_eval_file: str | Path, world: str | Path, max_rows: int | None = None) -> tuple[Any, list[dict]]:
+    """The world's judge (from its world.json folder) and its questions; a cap takes a seeded sample in file order,
+    so it keeps every kind of question (the file lists them by kind)."""
+    from chatforge.world import Judge
+    from chatforge.world.entities import load_world
+
+    rows = load_judge_rows(judge_eval_file)
+    if max_rows and max_rows < len(rows):
+        keep = sorted(random.Random(0).sample(range(len(rows)), max_rows))
+        rows = [rows[i] for i in keep]
+    return Judge(load_world(world)), rows
 
 
 def judge_policy(
