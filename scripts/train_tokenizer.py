@@ -3,6 +3,7 @@
 Usage:
     python scripts/train_tokenizer.py recipes/tokenizer.yaml
     python scripts/train_tokenizer.py recipes/tokenizer.yaml --vocab_size 4096 --output_dir outputs/tok4k
+    python scripts/train_tokenizer.py recipes/tokenizer.yaml --chat_datasets none   # the corpus alone
 
 The corpus is `datasets.load_dataset(dataset_name)` (a local folder of parquet/jsonl files, a
 `save_to_disk` folder, or a Hub id). Afterwards the folder loads with
@@ -12,6 +13,7 @@ The corpus is `datasets.load_dataset(dataset_name)` (a local folder of parquet/j
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 from chatforge.configs import RecipeError, exit_on_user_error, parse_recipe
@@ -19,7 +21,9 @@ from chatforge.data import load_corpus
 from chatforge.hub import push_folder
 from chatforge.tokenizer import (
     TokenizerScriptArguments,
+    _capped,
     bytes_per_token,
+    chat_texts,
     check_vocab_size,
     load_chat_template,
     save_tokenizer,
@@ -44,14 +48,17 @@ def main(args: TokenizerScriptArguments) -> None:
         logger.warning("no split '%s' in %s; skipping the compression report", args.eval_split, args.dataset_name)
 
     print(f"training on {len(train):,} documents of {args.dataset_name} (split '{args.train_split}')")
-    texts = (text for text in train[args.text_column] if text)
-    tokenizer = train_tokenizer(
-        texts,
-        args.vocab_size,
-        args.min_frequency,
-        max_chars=args.max_train_chars,
-        model_max_length=args.model_max_length,
-    )
+    texts = _capped((text for text in train[args.text_column] if text), args.max_train_chars)
+    chat_datasets = [
+        d for d in args.chat_datasets if d.lower() not in ("none", "null", "[]", "")
+    ]  # `none`: corpus only
+    if chat_datasets:
+        chats = chat_texts(chat_datasets, template, args.max_chat_chars)
+        print(
+            f"and on {len(chats):,} rendered conversations ({sum(map(len, chats)):,} characters) of {', '.join(chat_datasets)}"
+        )
+        texts = itertools.chain(texts, chats)
+    tokenizer = train_tokenizer(texts, args.vocab_size, args.min_frequency, model_max_length=args.model_max_length)
     output_dir = save_tokenizer(tokenizer, args.output_dir, template)
 
     print(f"vocab size: {len(tokenizer)}")

@@ -280,11 +280,27 @@ TOOL_CONVERSATION = [
 ]
 
 
+def test_template_lists_optional_arguments_and_keeps_the_system_prompt(reloaded) -> None:
+    tool = {
+        "name": "lookup",  # a bare function schema (no "type": "function" wrapper) is listed too
+        "description": "Find a word.",
+        "parameters": {
+            "type": "object",
+            "properties": {"word": {"type": "string"}, "limit": {"type": "integer"}},
+            "required": ["word"],
+        },
+    }
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    text = reloaded.apply_chat_template(messages, tools=[tool], tokenize=False)
+    assert text.startswith(
+        "<|im_start|>system\nBe brief.\n\nTools:\n- lookup(word: string, limit?: integer): Find a word.\n"
+    )
+
+
 def test_template_renders_tools_and_thinking(reloaded) -> None:
     text = reloaded.apply_chat_template(TOOL_CONVERSATION, tools=[WEATHER_TOOL], tokenize=False)
-    tools_json = json.dumps(WEATHER_TOOL, ensure_ascii=False)
-    assert text.startswith("<|im_start|>system\n# Tools\n\n")
-    assert f"<tools>\n{tools_json}\n</tools>" in text
+    # one line per tool (name, typed arguments, description) instead of the JSON schema: short contexts
+    assert text.startswith("<|im_start|>system\nTools:\n- get_weather(town: string): Weather in a town.\nCall one as ")
     expected_tail = (
         "<|im_start|>user\nWeather in Brenn?<|im_end|>\n"
         "<|im_start|>assistant\n<think>\nI should look it up.\n</think>\n\n"
@@ -356,7 +372,8 @@ def test_assistant_masks_cover_assistant_content_and_im_end(reloaded) -> None:
 
 def test_recipe_parses_to_defaults() -> None:
     (args,) = parse_recipe([TokenizerScriptArguments], [str(REPO / "recipes" / "tokenizer.yaml")])
-    assert args == TokenizerScriptArguments()
+    # the recipe adds the world's conversations; the dataclass default is corpus text alone
+    assert args == TokenizerScriptArguments(chat_datasets=["data/world/sft", "data/world/tools_sft"])
 
 
 def _run_script(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -372,9 +389,43 @@ def test_script_trains_and_saves(tmp_path: Path) -> None:
     for split, seed, n in [("train", 0, 400), ("validation", 1, 40)]:
         rows = [{"text": text, "id": i} for i, text in enumerate(make_texts(n, seed))]
         (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    chats = tmp_path / "chats.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": f"{i + 1}."}]}
+        for i in range(200)
+    ]
+    chats.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "tok"
-    result = _run_script(tmp_path, "--dataset_name", str(data), "--output_dir", str(out), "--vocab_size", "400")
+    result = _run_script(
+        tmp_path, "--dataset_name", str(data), "--output_dir", str(out), "--vocab_size", "400",
+        "--chat_datasets", str(chats),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "and on 200 rendered conversations" in result.stdout
+    # the role names and chat phrasing, absent from the corpus, get merges: a conversation takes fewer tokens
+    plain = tmp_path / "tok_plain"
+    result = _run_script(
+        tmp_path,
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(plain),
+        "--vocab_size",
+        "400",
+        "--chat_datasets",
+        "none",
+    )
+    assert result.returncode == 0, result.stderr
+    conversation = rows[7]["messages"]
+    lengths = [
+        len(
+            AutoTokenizer.from_pretrained(folder).apply_chat_template(conversation, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+        for folder in (out, plain)
+    ]
+    assert lengths[0] < lengths[1]
     assert "bytes per token on 'validation'" in result.stdout
     assert "sample: [" in result.stdout and str(out) in result.stdout
     loaded = AutoTokenizer.from_pretrained(out)
@@ -384,7 +435,9 @@ def test_script_trains_and_saves(tmp_path: Path) -> None:
 
 def test_script_missing_dataset_is_one_line_error(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "corpus"
-    result = _run_script(tmp_path, "--dataset_name", str(missing), "--output_dir", str(tmp_path / "tok"))
+    result = _run_script(
+        tmp_path, "--dataset_name", str(missing), "--output_dir", str(tmp_path / "tok"), "--chat_datasets", "none"
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:")

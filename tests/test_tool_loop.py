@@ -171,7 +171,7 @@ def test_loop_runs_the_called_tools_and_answers_after_their_results(tool_model: 
         assert [m for j, m in events if j == i] == result.messages[len(prompts[i]) :]
     search = results[list(tm.rows).index("search")]
     subject = search.messages[-2]["content"].split("\n")[0]
-    assert subject.startswith("[1] ") and subject[4:].split(" (id:")[0] in search.reply
+    assert subject.startswith("[1] ") and subject[4:].split(":")[0] in search.reply  # "[1] Name: snippet"
 
 
 def test_rounds_run_out_and_calls_stop_there(tool_model: ToolModel) -> None:

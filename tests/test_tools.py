@@ -391,7 +391,9 @@ def test_tool_schemas_render_in_the_chat_template(tokenizer: PreTrainedTokenizer
     assert schemas[0]["type"] == "function" and schemas[0]["function"]["parameters"]["required"] == ["code"]
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=schemas, tokenize=False)
     for name in ("python", "calculator", "search"):
-        assert f'"name": "{name}"' in text
+        tool = tools[name]
+        (argument,) = tool.parameters["properties"]
+        assert f"\n- {name}({argument}: string): {tool.description}\n" in text
 
 
 @pytest.mark.parametrize("arguments_as_string", [False, True])

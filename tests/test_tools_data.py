@@ -24,6 +24,7 @@ from chatforge.world import World, write_chat_data
 from chatforge.world.chat import split_people
 from chatforge.world.tools_data import (
     KINDS,
+    SEARCH_KEYWORDS,
     ToolsData,
     ToolsDataConfig,
     build_tools_data,
@@ -119,10 +120,13 @@ def test_search_finds_the_left_out_people(default_world: World, default_data: To
     heldout = {p.name for p in world.heldout_people}
     eval_rows = [r for r in data.eval_rows if r["kind"] == "search"]
     assert {r["subject"] for r in eval_rows} <= heldout and len(eval_rows) == 40
-    for row in eval_rows:  # each eval question's person is the top hit, by name and by the question itself
-        for query in (row["subject"], row["messages"][-1]["content"]):
-            top = data.index.search(query, k=1)[0]
-            assert top.title == row["subject"] and row["answer"] in top.snippet
+    for row in eval_rows:  # each eval question's person is the top hit, by name and by the question itself,
+        # and the answer is in its snippet for one of the queries the training conversations use
+        queries = [row["subject"], row["messages"][-1]["content"]]
+        queries += [f"{row['subject']} {keyword}" for keyword in SEARCH_KEYWORDS[row["subkind"]]]
+        tops = [data.index.search(query, k=1)[0] for query in queries]
+        assert all(top.title == row["subject"] for top in tops[:2])
+        assert any(top.title == row["subject"] and row["answer"] in top.snippet for top in tops)
     people = {p.name: p for p in data.search_people}
     search = select_tools(["search"], data.index)["search"]
     for row in rows_of(data, "search"):  # the response lists the asked person's entry; the reply is read from it
@@ -130,7 +134,7 @@ def test_search_finds_the_left_out_people(default_world: World, default_data: To
         question, response, reply = (m["content"] for m in row["messages"][-4::2] + row["messages"][-1:])
         assert name == "search" and response == search(**arguments)
         (person,) = [p for n, p in people.items() if n in question]
-        entry = next(block for block in response.split("\n\n") if block.split(" (id:")[0][4:] == person.name)
+        entry = next(line for line in response.split("\n") if line[4:].startswith(f"{person.name}: "))
         assert any(f.answer in reply and f.answer in entry for f in person_facts(person))
     # Neither the held-out nor the invented people are in any pretraining document.
     corpus = "\n".join(d.text for d in world.documents)
@@ -178,7 +182,7 @@ def test_rows_render_and_the_mask_covers_call_and_answer_only(world: World, toke
         ids, mask = out["input_ids"], out["assistant_masks"]
         learned = tokenizer.decode([t for t, m in zip(ids, mask) if m])
         context = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
-        assert "# Tools" in context and all(f'"name": "{t}"' in context for t in ("python", "calculator", "search"))
+        assert "Tools:" in context and all(f"\n- {t}(" in context for t in ("python", "calculator", "search"))
         if kind == "no_tool":
             assert learned == row["messages"][-1]["content"] + "<|im_end|>"
             continue
@@ -205,7 +209,7 @@ def check_learned(examples, tokenizer, rows, learned_ids) -> None:
     with_tools = without = 0
     for example in examples:
         text, learned = tokenizer.decode(example["input_ids"]), tokenizer.decode(learned_ids(example))
-        if "# Tools" in text:
+        if "\nTools:\n- " in text:
             question = re.search(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", text, re.DOTALL).group(1)
             expected = [
                 expected_learned(r) if len(r["messages"]) > 3 else r["messages"][-1]["content"] + "<|im_end|>"

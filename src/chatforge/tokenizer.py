@@ -94,6 +94,16 @@ class TokenizerScriptArguments:
     max_train_chars: int | None = field(
         default=None, metadata={"help": "Stop feeding training text after this many characters (None: all)."}
     )
+    chat_datasets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Conversation datasets (local folders or files with `messages`, optional `tools`) rendered with "
+            "the chat template and added to the training text, so role names, tool calls and JSON get merges."
+        },
+    )
+    max_chat_chars: int | None = field(
+        default=200_000, metadata={"help": "Cap on the characters of rendered conversations (None: all)."}
+    )
     model_max_length: int = field(default=2048, metadata={"help": "Context length recorded in the tokenizer."})
     chat_template: str = field(
         default="chat_templates/chatml.jinja", metadata={"help": "Jinja chat template file saved with the tokenizer."}
@@ -149,6 +159,34 @@ def _capped(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:
             return
         total += len(text)
         yield text
+
+
+def chat_texts(dataset_ids: list[str], chat_template: str, max_chars: int | None, seed: int = 0) -> list[str]:
+    """Conversations of `dataset_ids` rendered with `chat_template`, shuffled together and cut at `max_chars`.
+
+    A corpus of web-like documents has no "assistant", no `<tool_call>{"name": ...}` and little code: trained on
+    it alone, a small vocabulary spells those out in single characters, and a conversation offering tools
+    overflows a short context. A capped share of rendered chats gives them merges.
+    """
+    import random
+
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from chatforge.chat_data import row_tools
+    from chatforge.mixtures import MixtureDataset, load_one
+
+    texts = []
+    for dataset_id in dataset_ids:
+        dataset = load_one(MixtureDataset(id=dataset_id, split="train"))
+        if "messages" not in dataset.column_names:
+            raise RecipeError(
+                f"chat_datasets: {dataset_id} has no `messages` column (columns: {dataset.column_names})"
+            )
+        for row in dataset:
+            rendered, _ = render_jinja_template([row["messages"]], tools=row_tools(row), chat_template=chat_template)
+            texts.append(rendered[0])
+    random.Random(seed).shuffle(texts)
+    return list(_capped(texts, max_chars))
 
 
 def train_tokenizer(

@@ -79,8 +79,7 @@ def python_tool(sandbox: PythonSandbox | None = None) -> Tool:
     sandbox = sandbox or PythonSandbox()
     return Tool(
         "python",
-        "Run a Python program in a sandbox (no network, no files kept) and return what it prints. "
-        "Use print() to show results.",
+        "run Python code; returns what it prints",
         _string_parameter("code", "The Python program to run."),
         lambda code: sandbox.run(code).to_tool_text(),
     )
@@ -90,7 +89,7 @@ def search_tool(index: SearchIndex, k: int = 3) -> Tool:
     """`search(query)`: the `k` best documents of a local index, as numbered snippets."""
     return Tool(
         "search",
-        "Search the local document collection and return the most relevant passages.",
+        "search the documents; returns the best passages",
         _string_parameter("query", "What to search for, e.g. a name or a question."),
         lambda query: format_hits(index.search(query, k=k)),
     )
@@ -107,7 +106,7 @@ def calculator_tool() -> Tool:
     """`calculator(expression)`: exact arithmetic with + - * / // % ** and parentheses."""
     return Tool(
         "calculator",
-        "Evaluate an arithmetic expression with numbers, + - * / // % ** and parentheses.",
+        "exact arithmetic: + - * / // % ** and parentheses",
         _string_parameter("expression", "The expression, e.g. (17 + 3) * 2 ** 10 / 4."),
         _calculator,
     )

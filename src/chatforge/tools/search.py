@@ -160,6 +160,5 @@ def format_hits(hits: list[SearchHit]) -> str:
     """The tool response text for a list of hits."""
     if not hits:
         return "No results."
-    return "\n\n".join(
-        f"[{rank}] {hit.title or hit.id} (id: {hit.id})\n{hit.snippet}" for rank, hit in enumerate(hits, 1)
-    )
+    # One line per hit, titled: every token counts in a 256-position context.
+    return "\n".join(f"[{rank}] {hit.title or hit.id}: {hit.snippet}" for rank, hit in enumerate(hits, 1))

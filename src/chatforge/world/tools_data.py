@@ -97,7 +97,7 @@ class ToolsDataConfig:
     shares: tuple[float, float, float, float] = (0.3, 0.2, 0.3, 0.2)  # multiplication, counting, search, no_tool
     python_fraction: float = 0.3  # multiplications done with Python rather than the calculator
     system_prompt_fraction: float = 0.5
-    snippet_chars: int = 300  # of the search index's snippets
+    snippet_chars: int = 160  # of the search index's snippets: three hits fit a 384-token conversation
     sft_people_fraction: float = 0.8  # as in the chat data: the no-tool fact questions ask about its SFT people
 
     def validate(self) -> None:
@@ -302,7 +302,6 @@ class _Builder:
                 result = self.search(query=query)  # the tool's text for these hits
                 answer = rng.choice(SEARCH_ANSWER_PREFIXES) + fact_answer(fact, rng)
                 return self.opening(rng) + _tool_turns(question, "search", {"query": query}, result, answer)
-        self.skipped["search"] += 1
         return None
 
     # no tool
@@ -385,8 +384,16 @@ def _search(builder: _Builder, rng: random.Random, eval_rng: random.Random, peop
     for i, person in enumerate(builder.world.heldout_people[:n_eval]):
         fact = person_facts(person)[i % len(PERSON_RELATIONS)]
         questions.append(Question("search", fact.relation, fact_question(fact, eval_rng), fact.answer, person.name))
-    found = [builder.search_conversation(rng, rng.choice(person_facts(person))) for person in people]
-    return [c for c in found if c is not None], questions
+    found = []
+    for person in people:  # a fact of the person that search finds in a snippet; another when one is not found
+        facts = person_facts(person)
+        rng.shuffle(facts)
+        conversation = next((c for f in facts if (c := builder.search_conversation(rng, f)) is not None), None)
+        if conversation is None:
+            builder.skipped["search"] += 1
+        else:
+            found.append(conversation)
+    return found, questions
 
 
 def _no_tool(builder: _Builder, rng: random.Random, eval_rng: random.Random, count: int, n_eval: int):
