@@ -237,6 +237,11 @@ def test_tool_data_mixes_into_sft_with_assistant_only_loss(world: World, tokeniz
     rows = load_mixture(mixture)["train"]
     plain = round(0.05 * len((tmp_path / "sft" / "train.jsonl").read_text().splitlines()))
     assert rows.column_names == ["messages", "tools"] and sum(t is None for t in rows["tools"]) == plain
+    # Either order: tools_sft's messages load as a Json column, which the plain conversations cast to.
+    reverse = {**mixture, "datasets": mixture["datasets"][::-1]}
+    reversed_rows = load_mixture(reverse)["train"]
+    with_tools = [sorted(json.dumps(r["messages"]) for r in rs if r["tools"]) for rs in (rows, reversed_rows)]
+    assert len(reversed_rows) == len(rows) and with_tools[0] == with_tools[1]
     # The replay path tokenizes each row with its own tools.
     replayed = tokenize_conversations(rows, tokenizer)
     check_learned(replayed, tokenizer, rows, lambda e: [t for t, m in zip(e["input_ids"], e["assistant_masks"]) if m])

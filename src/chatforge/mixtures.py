@@ -166,6 +166,10 @@ def _merge_feature(a: Any, b: Any) -> Any:
     """The union of two column types where they are structs (or lists of structs) with different fields."""
     import datasets
 
+    # A Json column (what `datasets` infers for messages of mixed shapes, e.g. with tool calls) holds any value:
+    # every struct casts to it, while it casts to no struct, whichever dataset comes first.
+    if isinstance(b, datasets.Json):
+        return b
     if isinstance(a, dict) and isinstance(b, dict):
         return {**a, **{k: _merge_feature(a[k], v) if k in a else v for k, v in b.items()}}
     if isinstance(a, datasets.List) and isinstance(b, datasets.List):
