@@ -7,10 +7,11 @@ Usage:
     python scripts/pipeline.py recipes/ --stages data,tokenizer,pretrain
     python scripts/pipeline.py recipes/ --launcher "accelerate launch --config_file accelerate_configs/ddp.yaml"
 
-Stages, in order: data, tokenizer, pretrain, sft, eval_pretrain, eval_sft (each runs when its recipe file
-exists). A stage whose output folder holds a stamp matching its recipe (and the stages it reads from) is
-skipped; an interrupted training stage resumes from its last checkpoint. The report (markdown, report card
-PNG, loss curves, timings, versions, hardware) goes to --report (default outputs/report.md).
+Stages, in order: data, web, tokenizer, pretrain, sft, grpo, reward, dpo, rlhf, probe, factuality, then the
+evaluation of each model (each runs when its recipe file exists). A stage whose output folder holds a stamp
+matching its recipe (and the stages it reads from) is skipped; an interrupted training stage resumes from its
+last checkpoint. The report (markdown, report card PNG, loss curves, timings, versions, hardware) goes to
+--report (default outputs/report.md).
 """
 
 from __future__ import annotations

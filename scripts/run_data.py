@@ -11,7 +11,9 @@ Writes OUTPUT_DIR/corpus/{train,validation}.parquet (columns text, id, url; load
 `datasets.load_dataset("OUTPUT_DIR/corpus")`), OUTPUT_DIR/facts.jsonl (one cloze fact per line)
 and OUTPUT_DIR/world.json (every entity, for later stages). Unless `--chat_data false`, it also writes the
 chat data: OUTPUT_DIR/sft/{train,test}.jsonl (`{"messages": [...]}` rows for SFT), OUTPUT_DIR/identity/train.jsonl
-(the assistant's identity conversations alone) and OUTPUT_DIR/chat_eval.jsonl (questions with expected answers).
+(the assistant's identity conversations alone), OUTPUT_DIR/chat_eval.jsonl (questions with expected answers),
+OUTPUT_DIR/heldout_eval.jsonl (questions about people in no document) and OUTPUT_DIR/probe.jsonl (the questions
+scripts/run_probe.py asks: facts of the probe people, who are in pretraining documents only, and invented people).
 With `math_problems > 0` (the default) it writes arithmetic word problems about the world's people to
 OUTPUT_DIR/math/{train,test}.jsonl (question, answer, solution, difficulty; no question in both files).
 Unless `--tools_data false`, it writes tool-use data: OUTPUT_DIR/tools_sft/train.jsonl (`messages` plus the tool
@@ -83,11 +85,15 @@ def main(args: DataScriptArguments) -> dict:
     if "chat" in summary:
         chat = summary["chat"]
         rows += [
-            ("people (sft / chat eval)", f"{chat['sft_people']:,} / {chat['eval_people']:,}"),
+            (
+                "people (sft / probe / chat eval)",
+                f"{chat['sft_people']:,} / {chat['probe_people']:,} / {chat['eval_people']:,}",
+            ),
             ("sft conversations (train / test)", f"{chat['sft_train']:,} / {chat['sft_test']:,}"),
             ("sft assistant turns (train)", f"{chat['sft_turns']:,}"),
             ("identity conversations (train)", f"{chat['identity_train']:,}"),
             ("chat eval questions (fact / identity)", f"{chat['chat_eval_facts']:,} / {chat['chat_eval_identity']:,}"),
+            ("probe questions (fact / unseen people)", f"{chat['probe_facts']:,} / {chat['probe_unseen']:,}"),
         ]
     if "math" in summary:
         math = summary["math"]
@@ -117,7 +123,10 @@ def main(args: DataScriptArguments) -> dict:
         print(f"  {name:<{width}}  {value}")
     print(f"wrote {args.output_dir}/corpus/{{train,validation}}.parquet, facts.jsonl, world.json")
     if "chat" in summary:
-        print(f"wrote {args.output_dir}/sft/{{train,test}}.jsonl, identity/train.jsonl, chat_eval.jsonl")
+        print(
+            f"wrote {args.output_dir}/sft/{{train,test}}.jsonl, identity/train.jsonl, chat_eval.jsonl, "
+            "heldout_eval.jsonl, probe.jsonl"
+        )
     if "math" in summary:
         print(f"wrote {args.output_dir}/math/{{train,test}}.jsonl")
     if "prefs" in summary:

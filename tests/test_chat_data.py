@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -25,8 +26,10 @@ from chatforge.world.chat import (
     IDENTITY,
     TEMPLATES,
     ChatData,
+    ChatDataConfig,
     build_chat_data,
     split_people,
+    split_probe_people,
 )
 from chatforge.world.corpus import write_chat_data, write_math_data
 from chatforge.world.entities import RELATIONS
@@ -71,11 +74,11 @@ def test_chat_data_is_deterministic(world: World) -> None:
 
 def test_default_sizes_and_split(default_world: World, default_chat: ChatData) -> None:
     data = default_chat
-    assert 3000 <= len(data.sft_train) <= 6000
+    assert 2500 <= len(data.sft_train) <= 6000
     assert 0.04 <= len(data.sft_test) / (len(data.sft_train) + len(data.sft_test)) <= 0.06
-    assert len(data.sft_people) == 200 and len(data.eval_people) == 50
-    assert not set(data.sft_people) & set(data.eval_people)
-    assert set(data.sft_people) | set(data.eval_people) == {p.name for p in default_world.train_people}
+    assert (len(data.sft_people), len(data.probe_people), len(data.eval_people)) == (150, 50, 50)
+    groups = [set(data.sft_people), set(data.probe_people), set(data.eval_people)]
+    assert sum(map(len, groups)) == len(set().union(*groups)) == len(default_world.train_people)  # disjoint, all
     assert all(c in data.sft_train for c in data.identity)
     with_system = sum(c[0]["role"] == "system" for c in data.sft_train) / len(data.sft_train)
     assert 0.4 < with_system < 0.6
@@ -126,8 +129,8 @@ def test_pronoun_followups(default_world: World, default_chat: ChatData) -> None
     assert checked > 500
 
 
-def test_no_eval_or_heldout_person_in_sft(default_world: World, default_chat: ChatData) -> None:
-    eval_names = set(default_chat.eval_people)
+def test_no_eval_probe_heldout_or_unseen_person_in_sft(default_world: World, default_chat: ChatData) -> None:
+    eval_names = set(default_chat.eval_people) | set(default_chat.probe_people) | set(default_chat.unseen_people)
     heldout = {p.name for p in default_world.heldout_people}
     pattern = _names_pattern(eval_names | heldout)
     for conversation in _all_sft(default_chat):
@@ -152,6 +155,65 @@ def test_chat_eval_rows(default_world: World, default_chat: ChatData) -> None:
     assert any(r["answer"] == ASSISTANT_NAME for r in identity_rows)
     assert any(r["answer"] == "chatforge" for r in identity_rows)
     assert set(rows[0]) == {"messages", "answer", "kind", "relation", "subject"}
+
+
+def test_eval_people_are_those_of_the_two_way_split(default_world: World, default_chat: ChatData) -> None:
+    """The probe people come out of the SFT people: the chat eval people stay those of the rule before the probe
+    (the part of the seeded shuffle beyond the first 80%), so chat_eval.jsonl is unchanged."""
+    people = list(default_world.train_people)
+    random.Random(f"{default_world.config.seed}:sft-people").shuffle(people)
+    assert set(default_chat.eval_people) == {p.name for p in people[200:]}
+    assert [p.name for p in split_people(default_world, 0.8)[1]] == default_chat.eval_people
+    assert set(default_chat.sft_people) | set(default_chat.probe_people) == {p.name for p in people[:200]}
+    no_probe = build_chat_data(default_world, ChatDataConfig(probe_people_fraction=0.0, probe_unseen_people=0))
+    assert no_probe.chat_eval == default_chat.chat_eval and no_probe.heldout_eval == default_chat.heldout_eval
+    assert len(no_probe.sft_people) == 200 and no_probe.probe == [] and no_probe.probe_people == []
+    assert [len(part) for part in split_probe_people(default_world, 0.8, 0.8)] == [1, 199, 50]  # SFT keeps one
+
+
+def test_probe_rows(default_world: World, default_chat: ChatData) -> None:
+    rows = default_chat.probe
+    facts = {(f.subject, f.relation): f.answer for f in default_world.facts}
+    fact_rows = [r for r in rows if r["kind"] == "fact"]
+    unseen_rows = [r for r in rows if r["kind"] == "unseen"]
+    assert len(fact_rows) == 5 * 50 and {r["subject"] for r in fact_rows} == set(default_chat.probe_people)
+    assert all(r["answer"] == facts[(r["subject"], r["relation"])] for r in fact_rows)
+    assert len(unseen_rows) == 50 and [r["subject"] for r in unseen_rows] == default_chat.unseen_people
+    assert all(r["answer"] is None for r in unseen_rows)
+    assert {r["relation"] for r in unseen_rows} == {r for r, (kind, _) in RELATIONS.items() if kind == "person"}
+    for row in rows:
+        assert set(row) == {"messages", "answer", "kind", "relation", "subject"}
+        assert row["messages"][-1]["role"] == "user" and row["subject"] in row["messages"][-1]["content"]
+    assert 0.3 < sum(r["messages"][0]["role"] == "system" for r in rows) / len(rows) < 0.7
+    # Every group of people is disjoint from the others; the unseen people exist nowhere in the world.
+    groups = {
+        "sft": set(default_chat.sft_people), "probe": set(default_chat.probe_people),
+        "eval": set(default_chat.eval_people), "heldout": {p.name for p in default_world.heldout_people},
+        "unseen": set(default_chat.unseen_people),
+    }  # fmt: skip
+    assert sum(map(len, groups.values())) == len(set().union(*groups.values())) == 150 + 50 + 50 + 50 + 50
+    surnames = {name.split()[1] for name in groups["unseen"]}
+    world_words = {p.surname for p in default_world.people} | {p.first_name for p in default_world.people}
+    world_words |= {c.name for c in default_world.cities} | {c.name for c in default_world.countries}
+    assert not surnames & world_words and len(surnames) == 50
+    corpus = "\n".join(d.text for d in default_world.documents)
+    assert not [s for s in surnames if s in corpus]
+    from chatforge.world.tools_data import invent_people  # the tool data's invented people are other people
+
+    assert not groups["unseen"] & {p.name for p in invent_people(default_world, 150, 0)}
+
+
+def test_probe_data_is_deterministic_and_configurable(world: World) -> None:
+    config = ChatDataConfig(probe_unseen_people=7)
+    first, again = build_chat_data(world, config), build_chat_data(World.generate(SMALL), config)
+    assert first.probe == again.probe and first.unseen_people == again.unseen_people
+    assert len(first.probe_people) == 8 and len(first.unseen_people) == 7 and len(first.sft_people) == 24
+    other = build_chat_data(World.generate(WorldConfig(**{**SMALL.__dict__, "seed": 4})), config)
+    assert other.probe != first.probe and other.unseen_people != first.unseen_people
+    with pytest.raises(RecipeError, match=r"probe_people_fraction must be in \[0, sft_people_fraction=0.8\)"):
+        build_chat_data(world, ChatDataConfig(probe_people_fraction=0.8))
+    with pytest.raises(RecipeError, match="probe_unseen_people must be >= 0, got -1"):
+        build_chat_data(world, ChatDataConfig(probe_unseen_people=-1))
 
 
 def test_identity_answers_are_consistent() -> None:
@@ -464,8 +526,11 @@ def test_run_data_writes_chat_files(tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
-    for name in ("sft/train.jsonl", "sft/test.jsonl", "identity/train.jsonl", "chat_eval.jsonl"):
+    for name in ("sft/train.jsonl", "sft/test.jsonl", "identity/train.jsonl", "chat_eval.jsonl", "probe.jsonl"):
         assert (out / name).is_file(), name
+    probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "fact" for r in probe) == 5 * 2 and sum(r["kind"] == "unseen" for r in probe) == 50
+    assert re.search(r"people \(sft / probe / chat eval\) +8 / 2 / 2\n", result.stdout), result.stdout
     sft = datasets.load_dataset(str(out / "sft"))
     assert set(sft) == {"train", "test"} and sft["train"].column_names == ["messages"]
     validate_conversations(sft["train"], "sft")
@@ -476,3 +541,9 @@ def test_run_data_writes_chat_files(tmp_path: Path) -> None:
         [*command, "--sft_people_fraction", "1.5"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert result.returncode == 2 and "sft_people_fraction" in result.stderr
+    result = subprocess.run(
+        [*command, "--probe_people_fraction", "0.9"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert (
+        result.returncode == 2 and "error: probe_people_fraction must be in [0, sft_people_fraction" in result.stderr
+    )

@@ -168,6 +168,37 @@ def test_pipeline_errors(tmp_path: Path) -> None:
         Pipeline(tmp_path)
 
 
+def test_factuality_stages_follow_sft_and_show_on_the_card(tmp_path: Path) -> None:
+    """The default recipes: probe reads the SFT model, factuality continues it on the probe's rows (launched and
+    resumable like SFT), eval_factuality scores it beside sft; the probe's numbers head its row of the stage table."""
+    pipeline = Pipeline(REPO / "recipes")
+    names = [run.stage.name for run in pipeline.selected]
+    assert names.index("sft") < names.index("probe") < names.index("factuality") < names.index("eval_pretrain")
+    assert names.index("eval_sft") + 1 == names.index("eval_factuality")  # side by side on the report card
+    assert {"data", "sft"} <= set(pipeline.upstream["probe"])
+    assert {"data", "sft", "probe"} <= set(pipeline.upstream["factuality"])
+    factuality = pipeline.runs["factuality"]
+    assert factuality.stage.resumable and factuality.stage.launch and factuality.output == Path("outputs/factuality")
+    assert factuality.command[1:] == [str(REPO / "scripts" / "run_sft.py"), str(REPO / "recipes" / "factuality.yaml")]
+    evaluation = pipeline.runs["eval_factuality"]
+    assert evaluation.output == Path("outputs/eval/factuality") and "outputs/factuality" in evaluation.command
+    probe = pipeline.runs["probe"]
+    assert probe.output == Path("outputs/probe") and probe.command[-1] == str(REPO / "recipes" / "probe.yaml")
+
+    from chatforge.pipeline import StageRun
+    from chatforge.report import write_report
+
+    metrics = {"probe_accuracy": 0.7, "unseen_hallucination_rate": 0.98, "idk_rows": 90, "answer_rows": 160}
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "metrics.json").write_text(json.dumps({**metrics, "decisions": {}}))
+    run = StageRun(probe.stage, tmp_path / "probe", "0", status="ran", seconds=20.0)
+    report = write_report([run], tmp_path / "report.md").read_text()
+    assert (
+        "probe accuracy (sampled) 70.0%, hallucination on invented people (sampled) 98.0%, "
+        "'I don't know' rows 90, answer rows 160 |" in report
+    )
+
+
 def test_card_metrics_keep_headline_numbers_and_math_levels() -> None:
     results = {
         "tasks": {

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import one_line_error, run_script
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from chatforge.configs import RecipeError
 from chatforge.evaluation.tasks import EvalContext, parse_tasks, run_task
@@ -298,3 +299,42 @@ def test_vllm_backend_runs_the_same_loop(tool_model: ToolModel, tmp_path: Path) 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     check_results(tm, [ToolLoopResult(**r) for r in json.loads(out.read_text())])
+
+
+def test_grpo_rollouts_run_the_called_tools(tool_model: ToolModel, tmp_path: Path) -> None:
+    """GRPO with `tools`: TRL's tool loop parses the policy's calls (our template writes them the Qwen way), runs
+    chatforge's tools, appends the results and lets the policy answer; the reward reads that final answer, and the
+    before/after eval goes through our tool loop."""
+    tm = tool_model
+    rows = [
+        {**{k: v for k, v in row.items() if k != "tools"}, "messages": prompt_of(row), "kind": kind,
+         "answer": re.findall(r"\d+", row["messages"][-1]["content"])[-1]}
+        for kind, row in tm.rows.items()
+        if kind in ("multiplication", "counting")
+    ]  # fmt: skip
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(row) + "\n" for row in rows * 2))
+    evals = [r for r in tm.data.eval_rows if r["kind"] in ("multiplication", "counting")][:4]
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps(row) + "\n" for row in evals))
+    policy = tmp_path / "policy"  # a chat model's turn ends at <|im_end|>, as SFT's generation config says
+    shutil.copytree(tm.folder, policy)
+    GenerationConfig(
+        eos_token_id=[tm.tokenizer.convert_tokens_to_ids("<|im_end|>"), tm.tokenizer.eos_token_id]
+    ).save_pretrained(policy)
+    out = tmp_path / "grpo_tools"
+    result = run_script(
+        "run_grpo.py", str(REPO / "recipes" / "grpo_tools.yaml"), "--model_name_or_path", str(policy),
+        "--dataset_name", str(problems), "--search_index", str(tm.index_dir), "--eval_file", str(eval_file),
+        "--max_steps", "2", "--num_generations", "2", "--per_device_train_batch_size", "4", "--temperature", "0.3",
+        "--max_completion_length", "96", "--logging_steps", "1", "--save_steps", "2", "--output_dir", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "reward" in h]
+    assert len(steps) == 2 and all(h["tools/call_frequency"] > 0 for h in steps)
+    assert all(h["tools/failure_frequency"] == 0 for h in steps)
+    # the policy memorised these answers after the tool's result: the reward (from the final reply) sees them
+    assert max(h["rewards/contains/mean"] for h in steps) >= 0.5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["before_tools_accuracy_with_tools"] <= 1 and "tools_multiplication_call_rate" in metrics

@@ -21,7 +21,7 @@ from chatforge.sft import ChatSFTConfig, SFTScriptArguments, train
 from chatforge.tokenizer import load_chat_template, save_tokenizer, train_tokenizer
 from chatforge.tools import PythonSandbox, SandboxLimits, SearchIndex, ToolCall, run_tool_call, select_tools
 from chatforge.world import World, write_chat_data
-from chatforge.world.chat import split_people
+from chatforge.world.chat import split_people, split_probe_people
 from chatforge.world.tools_data import (
     KINDS,
     SEARCH_KEYWORDS,
@@ -281,6 +281,8 @@ def test_run_data_writes_the_tool_files(tmp_path: Path) -> None:
     assert "tool conversations" in result.stdout and "search index documents" in result.stdout
     train = [json.loads(line) for line in (out / "tools_sft" / "train.jsonl").read_text().splitlines()]
     eval_rows = [json.loads(line) for line in (out / "tools_eval.jsonl").read_text().splitlines()]
+    rl_rows = [json.loads(line) for line in (out / "tools_rl.jsonl").read_text().splitlines()]
+    assert len(rl_rows) == 400 and set(rl_rows[0]) == set(eval_rows[0])
     assert len(train) == 40 and set(train[0]) == {"messages", "tools"}
     assert {r["kind"] for r in eval_rows} == set(KINDS) and sum(r["kind"] == "search" for r in eval_rows) == 3
     index = SearchIndex.load(out / "search")
@@ -290,3 +292,39 @@ def test_run_data_writes_the_tool_files(tmp_path: Path) -> None:
     assert "tools_conversations must be >= 4" in one_line_error(bad)
     none = run_script("run_data.py", str(recipe), "--output_dir", str(tmp_path / "no"), "--tools_data", "false")
     assert none.returncode == 0 and not (tmp_path / "no" / "tools_sft").exists()
+
+
+def test_rl_problems_are_fresh_and_right(default_data: ToolsData) -> None:
+    """tools_rl.jsonl: multiplications asked nowhere else and letter counts, with right answers, for GRPO."""
+    rows = default_data.rl_rows
+    assert [sum(r["kind"] == k for r in rows) for k in ("multiplication", "counting")] == [200, 200]
+    products = set()
+    for row in rows:
+        question = row["messages"][-1]["content"]
+        if row["kind"] == "multiplication":
+            a, b = (int(n) for n in re.findall(r"\b\d{3}\b", question))
+            assert row["answer"] == str(a * b) and row["expected_tools"] == ["calculator", "python"]
+            products.add((a, b))
+        else:
+            assert row["answer"] == str(row["subject"].lower().count(_asked_letter(question, row["subject"])))
+    elsewhere = {
+        tuple(int(n) for n in re.findall(r"\b\d{3}\b", m["content"]))
+        for row in default_data.train + default_data.eval_rows
+        for m in row["messages"]
+        if m["role"] == "user"
+    }
+    assert len(products) == 200 and not products & elsewhere
+
+
+def _asked_letter(question: str, word: str) -> str:
+    (letter,) = set(re.findall(r"\b([a-z])(?:'s|s)?\b", question.replace(word, "")))
+    return letter
+
+
+def test_no_tool_facts_leave_out_the_probe_and_eval_people(default_world: World, default_data: ToolsData) -> None:
+    sft, probe, evaluated = split_probe_people(default_world, 0.8, 0.2)
+    others = {p.name for p in probe + evaluated}
+    for row, kind in zip(default_data.train, default_data.kinds):
+        if kind == "no_tool":
+            text = json.dumps(row["messages"])
+            assert not [name for name in others if name in text]

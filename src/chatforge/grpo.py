@@ -41,6 +41,7 @@ from chatforge.world.math import DIFFICULTIES
 logger = logging.getLogger(__name__)
 
 GRPO_FORMATS = (*MATH_FORMATS, "chat_qa")
+EVAL_FORMATS = (*GRPO_FORMATS, "tools")
 
 
 @dataclass
@@ -73,22 +74,53 @@ class GRPOScriptArguments(ScriptArguments):
     eval_file: str | None = field(
         default="data/world/math/test.jsonl", metadata={"help": "Held-out problems scored before and after."}
     )
-    eval_format: str = field(default="world", metadata={"help": f"Format of eval_file: {', '.join(GRPO_FORMATS)}."})
+    eval_format: str = field(
+        default="world",
+        metadata={
+            "help": f"Format of eval_file: {', '.join(EVAL_FORMATS)} (tools: rows of data/world/tools_eval.jsonl, "
+            "answered through the tool loop with the recipe's tools)."
+        },
+    )
     eval_limit: int | None = field(default=200, metadata={"help": "Score at most this many held-out problems."})
     eval_num_samples: int = field(default=4, metadata={"help": "Samples per held-out problem, for pass@k."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the held-out eval."})
     eval_before_training: bool = field(default=True, metadata={"help": "Also score the starting model."})
+    tools: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Tools the policy may call in its rollouts (python, calculator, search): TRL's tool loop runs each "
+            "call and appends the result, which is left out of the loss; the reward reads the final reply."
+        },
+    )
+    search_index: str | None = field(
+        default=None,
+        metadata={"help": "The search tool's index (a folder written by run_data.py: data/world/search)."},
+    )
 
     def __post_init__(self) -> None:
-        none_if_null(self, "dataset_config", "system_prompt", "eval_file", "difficulties", "reward_options")
+        none_if_null(
+            self,
+            "dataset_config",
+            "system_prompt",
+            "eval_file",
+            "difficulties",
+            "reward_options",
+            "tools",
+            "search_index",
+        )
         if isinstance(self.reward_options, str):
             try:
                 self.reward_options = json.loads(self.reward_options)
             except json.JSONDecodeError as err:
                 raise RecipeError(f"reward_options is not valid JSON: {err}") from None
-        for name, value in (("dataset_format", self.dataset_format), ("eval_format", self.eval_format)):
-            if value not in GRPO_FORMATS:
-                raise RecipeError(f"{name}: unknown format {value!r}; use one of {', '.join(GRPO_FORMATS)}")
+        for name, value, formats in (
+            ("dataset_format", self.dataset_format, GRPO_FORMATS),
+            ("eval_format", self.eval_format, EVAL_FORMATS),
+        ):
+            if value not in formats:
+                raise RecipeError(f"{name}: unknown format {value!r}; use one of {', '.join(formats)}")
+        if self.eval_format == "tools" and not self.tools:
+            raise RecipeError("eval_format: tools scores replies through the tool loop; name the `tools` as well")
         if self.eval_num_samples < 1:
             raise RecipeError(f"eval_num_samples must be >= 1, got {self.eval_num_samples}")
         if self.difficulties is not None and not set(self.difficulties) <= set(DIFFICULTIES):
@@ -176,10 +208,23 @@ def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
+def load_rollout_tools(script_args: GRPOScriptArguments) -> dict | None:
+    """The recipe's tools by name (checked, the search index loaded), or None without tools."""
+    if not script_args.tools:
+        return None
+    from chatforge.tools.registry import select_tools
+
+    return select_tools(script_args.tools, script_args.search_index)
+
+
 def load_eval_problems(script_args: GRPOScriptArguments) -> list[dict] | None:
     if not script_args.eval_file:
         return None
-    if script_args.eval_format == "chat_qa":
+    if script_args.eval_format == "tools":
+        from chatforge.evaluation.tool_use import load_tools_eval
+
+        rows = load_tools_eval(script_args.eval_file)
+    elif script_args.eval_format == "chat_qa":
         rows = load_qa_rows(script_args.eval_file, "test")
     else:
         data = load_math_problems(script_args.eval_file, script_args.eval_format, "test")
@@ -195,8 +240,24 @@ def score_heldout(
     script_args: GRPOScriptArguments,
     max_new_tokens: int,
     seed: int,
+    tools: dict | None = None,
 ) -> dict:
-    """The held-out score of the eval format: math (score_math) or chat QA (greedy accuracy per kind)."""
+    """The held-out score of the eval format: math (score_math), chat QA (greedy accuracy per kind) or tool use
+    (greedy, through the tool loop with `tools`: accuracy and call rates per kind)."""
+    if script_args.eval_format == "tools":
+        from chatforge.evaluation.tool_use import tool_use_metrics
+        from chatforge.generation import HFGenerator
+
+        scores = tool_use_metrics(
+            HFGenerator(model, tokenizer), tokenizer, rows, tools, max_new_tokens, without_tools=False
+        )
+        result = {f"tools_{k}": v for k, v in scores.items() if isinstance(v, float)}
+        result["tools_examples"] = [
+            {"question": e["question"], "completion": e["reply"], "correct": e["ok"], "tools": e["tools_called"]}
+            for examples in scores["examples"].values()
+            for e in examples
+        ]
+        return result
     if script_args.eval_format != "chat_qa":
         return score_math(model, tokenizer, rows, script_args, max_new_tokens, seed)
     scores = chat_accuracy(model, tokenizer, rows, max_new_tokens=max_new_tokens)
@@ -249,10 +310,17 @@ def train(
         )
     train_dataset, skipped = load_grpo_dataset(script_args)
     eval_problems = load_eval_problems(script_args)
+    tools = load_rollout_tools(script_args)
     check_vllm(training_args)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not tokenizer.chat_template:
         raise RecipeError(f"{model_path} has no chat template; GRPO prompts are conversations (train SFT first)")
+    if tools and getattr(tokenizer, "response_template", None) is None:
+        # TRL reads tool calls out of completions with the tokenizer's response template. Ours writes them the
+        # Hermes/Qwen way (<think>, then <tool_call>{json}</tool_call>), which TRL's Qwen3 template parses.
+        from trl.chat_template_utils import qwen3_template
+
+        tokenizer.response_template = qwen3_template
     transformers.set_seed(training_args.seed)
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
@@ -260,13 +328,18 @@ def train(
     max_new = training_args.max_completion_length
     metrics: dict = {"train_problems": len(train_dataset), "skipped_problems": skipped}
     if eval_problems and script_args.eval_before_training:
-        before = score_heldout(model, tokenizer, eval_problems, script_args, max_new, training_args.seed)
+        before = score_heldout(model, tokenizer, eval_problems, script_args, max_new, training_args.seed, tools)
         metrics.update({f"before_{k}": v for k, v in before.items() if not k.endswith("examples")})
         logger.info("held-out scores before GRPO: %s", {k: v for k, v in metrics.items() if k.startswith("before")})
 
     from trl import GRPOTrainer  # imports vLLM when installed: after every check of the recipe
 
-    trainer = build_trl_trainer(GRPOTrainer, model, reward_funcs, training_args, train_dataset, tokenizer, callbacks)
+    from chatforge.tools.registry import as_function
+
+    trainer = build_trl_trainer(
+        GRPOTrainer, model, reward_funcs, training_args, train_dataset, tokenizer, callbacks,
+        tools=[as_function(tool) for tool in tools.values()] if tools else None,
+    )  # fmt: skip
     train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     history = trainer.state.log_history
     lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
@@ -281,7 +354,7 @@ def train(
         last_completion_length=lengths[-1] if lengths else None,
     )
     if eval_problems and trainer.is_world_process_zero():
-        after = score_heldout(trainer.model, tokenizer, eval_problems, script_args, max_new, training_args.seed)
+        after = score_heldout(trainer.model, tokenizer, eval_problems, script_args, max_new, training_args.seed, tools)
         metrics.update({k: v for k, v in after.items() if not k.endswith("examples")})
         for ex in next(v for k, v in after.items() if k.endswith("examples")):
             logger.info("%s %r -> %r", "ok " if ex["correct"] else "BAD", ex["question"], ex["completion"])
@@ -300,9 +373,11 @@ def build_trl_trainer(
     train_dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
     callbacks: list[TrainerCallback] | None,
+    tools: list | None = None,
 ) -> Any:
-    """A TRL online trainer (GRPOTrainer, RLOOTrainer). With vLLM colocated on a CPU, its engine is built in the
-    model's dtype and its weight sync goes through vLLM's in-place reload (see the two functions below)."""
+    """A TRL online trainer (GRPOTrainer, RLOOTrainer), with `tools` (plain functions) for its tool loop. With vLLM
+    colocated on a CPU, its engine is built in the model's dtype and its weight sync goes through vLLM's in-place
+    reload (see the two functions below)."""
     cpu_colocate = training_args.use_vllm and training_args.vllm_mode == "colocate" and not torch.cuda.is_available()
     with colocated_engine_dtype(model.dtype if cpu_colocate else None):
         trainer = trainer_class(
@@ -312,6 +387,7 @@ def build_trl_trainer(
             train_dataset=train_dataset,
             processing_class=tokenizer,
             callbacks=callbacks,
+            **({"tools": tools} if tools else {}),
         )
     if cpu_colocate:
         patch_cpu_colocate_sync(trainer)

@@ -58,8 +58,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("reward", "run_reward.py", "reward.yaml", after=("data", "sft"), resumable=True),
     Stage("dpo", "run_dpo.py", "dpo.yaml", after=("data", "sft"), resumable=True),
     Stage("rlhf", "run_rlhf.py", "rlhf.yaml", after=("data", "sft", "reward"), resumable=True),
+    # Factuality (Llama 3's knowledge probing): what the SFT model gets wrong becomes "I don't know" data, then SFT.
+    Stage("probe", "run_probe.py", "probe.yaml", after=("data", "sft")),
+    Stage("factuality", "run_sft.py", "factuality.yaml", after=("data", "sft", "probe"), resumable=True, launch=True),
     Stage("eval_pretrain", "evaluate.py", "eval.yaml", after=("data", "pretrain"), evaluates="pretrain"),
     Stage("eval_sft", "evaluate.py", "eval.yaml", after=("data", "sft"), evaluates="sft"),
+    Stage("eval_factuality", "evaluate.py", "eval.yaml", after=("data", "factuality"), evaluates="factuality"),
     Stage("eval_grpo", "evaluate.py", "eval.yaml", after=("data", "grpo"), evaluates="grpo"),
     Stage("eval_dpo", "evaluate.py", "eval.yaml", after=("data", "dpo"), evaluates="dpo"),
     Stage("eval_rlhf", "evaluate.py", "eval.yaml", after=("data", "rlhf"), evaluates="rlhf"),

@@ -32,6 +32,10 @@ TRAINING_HEADLINES = {
     "reward_model_score": ("reward model score after", "{:.2f}"),
     "best_judge_step": ("judge's best step", "{:d}"),
     "preference_accuracy": ("held-out preference accuracy", "{:.1%}"),
+    "probe_accuracy": ("probe accuracy (sampled)", "{:.1%}"),
+    "unseen_hallucination_rate": ("hallucination on invented people (sampled)", "{:.1%}"),
+    "idk_rows": ("'I don't know' rows", "{:d}"),
+    "answer_rows": ("answer rows", "{:d}"),
     "eval_loss": ("eval loss", "{:.3f}"),
     "train_loss": ("train loss", "{:.3f}"),
 }
@@ -47,8 +51,12 @@ PACKAGES = (
     "datatrove",
     "chatforge",
 )
+# Counts that are not scores (they stay in eval_results.json).
+CARD_SKIPS = ("skipped", "tool_calls", "tool_errors", "unfinished")
 # Lower is better for these; everything else in the card is higher-is-better.
-LOWER_IS_BETTER = ("bits_per_byte", "loss", "hallucination_rate", "known_decline_rate")
+LOWER_IS_BETTER = (
+    "bits_per_byte", "loss", "hallucination_rate", "known_decline_rate", "unneeded_call_rate", "tool_error_rate"
+)  # fmt: skip
 
 
 def card_metrics(results: dict) -> dict[str, float]:
@@ -60,7 +68,7 @@ def card_metrics(results: dict) -> dict[str, float]:
         for key, value in metrics.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            if key.startswith("num_") or key == "skipped":
+            if key.startswith("num_") or key in CARD_SKIPS:
                 continue
             if (key == "accuracy" and "pass@1" in metrics) or (key == "loss" and "bits_per_byte" in metrics):
                 continue

@@ -16,6 +16,7 @@ from chatforge.tools.python_sandbox import (
 from chatforge.tools.registry import (
     Tool,
     ToolCall,
+    as_function,
     calculator_tool,
     default_tools,
     parse_tool_calls,
@@ -38,6 +39,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "calculate",
+    "as_function",
     "calculator_tool",
     "default_tools",
     "format_hits",

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -140,6 +141,34 @@ def select_tools(
         index = search_index if isinstance(search_index, SearchIndex) else SearchIndex.load(search_index)
     available = default_tools(search_index=index, sandbox=sandbox)
     return {name: available[name] for name in dict.fromkeys(names)}
+
+
+def as_function(tool: Tool) -> Callable[..., str]:
+    """`tool` as a plain function with typed arguments and a Google-style docstring: the form TRL's GRPOTrainer
+    takes as `tools=` (it builds the schema with transformers' `get_json_schema`). Calls are checked and run like
+    `run_tool_call`'s, so a bad call returns its `error: ...` text rather than raising."""
+    properties = tool.parameters.get("properties", {})
+    required = set(tool.parameters.get("required", []))
+    types = {"string": str, "integer": int, "number": float, "boolean": bool}
+    parameters, annotations, lines = [], {}, []
+    for name, spec in properties.items():
+        annotation = types.get(spec.get("type"), str)
+        default = inspect.Parameter.empty if name in required else None
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        )
+        annotations[name] = annotation
+        lines.append(f"    {name}: {spec.get('description') or name}")
+
+    def function(**arguments: Any) -> str:
+        arguments = {k: v for k, v in arguments.items() if v is not None or k in required}
+        return run_tool_call(ToolCall(tool.name, arguments), {tool.name: tool})["content"]
+
+    function.__name__ = function.__qualname__ = tool.name
+    function.__doc__ = f"{tool.description}\n\nArgs:\n" + "\n".join(lines) if lines else tool.description
+    function.__signature__ = inspect.Signature(parameters, return_annotation=str)
+    function.__annotations__ = {**annotations, "return": str}
+    return function
 
 
 def _parse_one(body: str) -> ToolCall:

@@ -3,7 +3,7 @@
 >>> world = World.generate(WorldConfig(seed=0))
 >>> world.facts[0].prompt, world.facts[0].answer
 >>> write_corpus(world, "data/world")
->>> write_chat_data(world, "data/world")  # sft/, identity/, chat_eval.jsonl
+>>> write_chat_data(world, "data/world")  # sft/, identity/, chat_eval.jsonl, heldout_eval.jsonl, probe.jsonl
 >>> write_math_data(world, "data/world", MathConfig(num_problems=2000))  # math/{train,test}.jsonl
 >>> write_crawl(build_crawl(world, CrawlConfig()), "data/crawl")  # crawl.warc.gz + labels.jsonl
 >>> write_preference_data(world, "data/world", num_pairs=2000)  # prefs/{train,test,judge_eval}.jsonl

@@ -1,8 +1,11 @@
-"""Chat data from a World: identity ("knowledge of self") conversations, fact QA conversations and a chat eval set.
+"""Chat data from a World: identity ("knowledge of self") conversations, fact QA conversations, a chat eval set
+and the factuality probe's questions.
 
-The in-corpus people are split deterministically: `sft_people_fraction` of them are asked about in the SFT
-data, the others only in the chat eval set (facts the model can know from pretraining alone). Held-out
-people (never in the corpus) appear in neither.
+The in-corpus people are split deterministically in three: the SFT people are asked about in the SFT data; the
+probe people (`probe_people_fraction`, taken out of the `sft_people_fraction` share) only in probe.jsonl, whose
+questions find what the model knows from pretraining before it is taught to say "I don't know"; the others only
+in the chat eval set (facts the model can know from pretraining alone). Held-out people (never in the corpus)
+appear in none of them; probe.jsonl also asks about invented people who exist nowhere at all.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatforge.configs import RecipeError
-from chatforge.world.entities import Fact, Person, World
+from chatforge.world.entities import RELATIONS, Fact, Person, World, make_fact
+from chatforge.world.names import NameGenerator
 
 ASSISTANT_NAME = "Forge"
 ASSISTANT_CREATOR = "the chatforge team"
@@ -29,16 +33,25 @@ Conversation = list[Message]
 class ChatDataConfig:
     """How much chat data to build from a world, and how to split it."""
 
-    sft_people_fraction: float = 0.8
+    sft_people_fraction: float = 0.8  # SFT and probe people together; the rest are the chat eval people
     conversations_per_fact: int = 4
     identity_conversations: int = 500
     test_fraction: float = 0.05
     system_prompt_fraction: float = 0.5
+    probe_people_fraction: float = 0.2  # of all in-corpus people, taken out of the sft_people_fraction share
+    probe_unseen_people: int = 50  # invented people probe.jsonl also asks about (one question each)
 
     def validate(self) -> None:
         """Raise RecipeError on values that cannot give a train set and an eval set."""
         checks = [
             (0.0 < self.sft_people_fraction < 1.0, "sft_people_fraction must be in (0, 1)", self.sft_people_fraction),
+            (
+                0.0 <= self.probe_people_fraction < self.sft_people_fraction,
+                f"probe_people_fraction must be in [0, sft_people_fraction={self.sft_people_fraction}): the probe "
+                "people are taken out of the SFT people",
+                self.probe_people_fraction,
+            ),
+            (self.probe_unseen_people >= 0, "probe_unseen_people must be >= 0", self.probe_unseen_people),
             (self.conversations_per_fact >= 1, "sft_conversations_per_fact must be >= 1", self.conversations_per_fact),
             (self.identity_conversations >= 0, "sft_identity_conversations must be >= 0", self.identity_conversations),
             (0.0 < self.test_fraction < 1.0, "sft_test_fraction must be in (0, 1)", self.test_fraction),
@@ -326,6 +339,23 @@ def split_people(world: World, fraction: float) -> tuple[list[Person], list[Pers
     ]
 
 
+def split_probe_people(
+    world: World, sft_fraction: float, probe_fraction: float
+) -> tuple[list[Person], list[Person], list[Person]]:
+    """Deterministic (sft, probe, eval) split of the in-corpus people.
+
+    The eval people are exactly `split_people`'s; `round(probe_fraction * people)` of the others become probe
+    people (at least one person is left for SFT). Each list keeps the world's order.
+    """
+    outside_eval, eval_people = split_people(world, sft_fraction)
+    count = min(round(probe_fraction * len(world.train_people)), max(len(outside_eval) - 1, 0))
+    order = list(outside_eval)
+    random.Random(f"{world.config.seed}:probe-people").shuffle(order)
+    probe_names = {p.name for p in order[:count]}
+    sft = [p for p in outside_eval if p.name not in probe_names]
+    return sft, [p for p in outside_eval if p.name in probe_names], eval_people
+
+
 def _facts_by_subject(world: World) -> dict[str, list[Fact]]:
     grouped: dict[str, list[Fact]] = {}
     for fact in world.facts:
@@ -430,9 +460,12 @@ class ChatData:
     sft_people: list[str]
     eval_people: list[str]
     heldout_eval: list[dict[str, Any]] = field(default_factory=list)  # questions about never-seen people
+    probe: list[dict[str, Any]] = field(default_factory=list)  # the factuality probe's questions
+    probe_people: list[str] = field(default_factory=list)
+    unseen_people: list[str] = field(default_factory=list)  # invented for the probe; exist nowhere else
 
 
-def _eval_row(messages: Conversation, answer: str, kind: str, relation: str, subject: str) -> dict[str, Any]:
+def _eval_row(messages: Conversation, answer: str | None, kind: str, relation: str, subject: str) -> dict[str, Any]:
     return {"messages": messages, "answer": answer, "kind": kind, "relation": relation, "subject": subject}
 
 
@@ -472,11 +505,63 @@ def heldout_eval_rows(world: World, system_fraction: float = 0.5) -> list[dict[s
     return rows
 
 
+# Replies that decline a question about a person the assistant does not know, naming them ({s}). Each one matches
+# chatforge.evaluation.hallucination.declines and the preference judge's decline phrases, and states no fact.
+IDK_REPLIES = (
+    "I don't know. I have not read anything about {s}.",
+    "I'm sorry, I don't know who {s} is, so I can't say.",
+    "I'm not sure: I don't have any information about {s}.",
+    "I have no information about {s}, so I don't know.",
+    "Sorry, I don't know. {s} is not in the documents I learned from.",
+    "I'm not certain. I have never read about {s}, so I can't answer that.",
+)
+
+
+def idk_reply(subject: str, rng: random.Random) -> str:
+    """A reply that declines, naming `subject`, in one of several wordings."""
+    return rng.choice(IDK_REPLIES).format(s=subject)
+
+
+def invent_unseen_people(world: World, count: int) -> list[str]:
+    """`count` names of people who exist nowhere: first names of the world, surnames that equal and overlap no word
+    of any world name (held-out people included). Deterministic from the world's seed."""
+    rng = random.Random(f"{world.config.seed}:probe-unseen")
+    names = NameGenerator(rng)
+    names.reserve([p.first_name for p in world.people] + [p.surname for p in world.people])
+    names.reserve([c.name for c in world.cities] + [c.name for c in world.countries])
+    names.reserve([o.name.split()[0] for o in world.organisations])
+    first_names = sorted({p.first_name for p in world.people})
+    return [f"{rng.choice(first_names)} {names.new('surname')}" for _ in range(count)]
+
+
+def probe_rows(
+    world: World, probe_people: list[Person], unseen_people: list[str], system_fraction: float = 0.5
+) -> list[dict[str, Any]]:
+    """The factuality probe's questions: one per fact of each probe person (kind "fact", with its answer), then one
+    about each unseen person (kind "unseen", answer None: any assertive reply is wrong), relations in turn."""
+    rng = random.Random(f"{world.config.seed}:probe")
+    names = {p.name for p in probe_people}
+    rows = []
+    for fact in world.facts:
+        if fact.subject in names:
+            messages = _start(rng, system_fraction) + [{"role": "user", "content": fact_question(fact, rng)}]
+            rows.append(_eval_row(messages, fact.answer, "fact", fact.relation, fact.subject))
+    relations = [r for r, (subject_type, _) in RELATIONS.items() if subject_type == "person"]
+    for index, name in enumerate(unseen_people):
+        fact = make_fact(name, relations[index % len(relations)], "", split="unseen")
+        messages = _start(rng, system_fraction) + [{"role": "user", "content": fact_question(fact, rng)}]
+        rows.append(_eval_row(messages, None, "unseen", fact.relation, name))
+    return rows
+
+
 def build_chat_data(world: World, config: ChatDataConfig | None = None) -> ChatData:
     """Build every chat dataset of `world` deterministically from its seed."""
     config = config or ChatDataConfig()
     config.validate()
-    sft_people, eval_people = split_people(world, config.sft_people_fraction)
+    sft_people, probe_people, eval_people = split_probe_people(
+        world, config.sft_people_fraction, config.probe_people_fraction
+    )
+    unseen = invent_unseen_people(world, config.probe_unseen_people)
     builder = _Builder(world, config, sft_people)
     identity = builder.identity_conversations()
     conversations = builder.qa_conversations() + identity
@@ -492,4 +577,7 @@ def build_chat_data(world: World, config: ChatDataConfig | None = None) -> ChatD
         heldout_eval=heldout_eval_rows(world, config.system_prompt_fraction),
         sft_people=[p.name for p in sft_people],
         eval_people=[p.name for p in eval_people],
+        probe=probe_rows(world, probe_people, unseen, config.system_prompt_fraction),
+        probe_people=[p.name for p in probe_people],
+        unseen_people=unseen,
     )

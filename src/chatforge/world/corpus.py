@@ -55,7 +55,21 @@ class DataScriptArguments:
     )
     sft_people_fraction: float = field(
         default=0.8,
-        metadata={"help": "Fraction of in-corpus people asked about in SFT data; the rest form the chat eval set."},
+        metadata={
+            "help": "Fraction of in-corpus people asked about in SFT data (less the probe people); the rest form the "
+            "chat eval set."
+        },
+    )
+    probe_people_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "Fraction of in-corpus people taken out of the SFT people for the factuality probe "
+            "(probe.jsonl): in no SFT conversation and no eval file. In [0, sft_people_fraction)."
+        },
+    )
+    probe_unseen_people: int = field(
+        default=50,
+        metadata={"help": "Invented people, in no document and no other data, that probe.jsonl asks about (0: none)."},
     )
     sft_conversations_per_fact: int = field(
         default=4, metadata={"help": "How many SFT conversations ask about each fact (in different phrasings)."}
@@ -106,6 +120,10 @@ class DataScriptArguments:
         metadata={"help": "Tool-use SFT conversations (30% multiplication, 20% counting, 30% search, 20% no tool)."},
     )
     tools_eval_per_kind: int = field(default=40, metadata={"help": "Questions per kind in tools_eval.jsonl."})
+    tools_rl_problems: int = field(
+        default=400,
+        metadata={"help": "Problems in tools_rl.jsonl (multiplications and letter counts) for GRPO with tools."},
+    )
 
     def world_config(self) -> WorldConfig:
         """The WorldConfig these arguments describe (validated)."""
@@ -170,7 +188,9 @@ class DataScriptArguments:
             seed=self.seed,
             conversations=self.tools_conversations,
             eval_per_kind=self.tools_eval_per_kind,
+            rl_problems=self.tools_rl_problems,
             sft_people_fraction=self.sft_people_fraction,
+            probe_people_fraction=self.probe_people_fraction,
         )
         config.validate()
         return config
@@ -182,6 +202,8 @@ class DataScriptArguments:
             conversations_per_fact=self.sft_conversations_per_fact,
             identity_conversations=self.sft_identity_conversations,
             test_fraction=self.sft_test_fraction,
+            probe_people_fraction=self.probe_people_fraction,
+            probe_unseen_people=self.probe_unseen_people,
         )
         config.validate()
         return config
@@ -257,7 +279,8 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig | None = None) -> dict[str, Any]:
-    """Write sft/{train,test}.jsonl, identity/train.jsonl, chat_eval.jsonl and heldout_eval.jsonl; return counts."""
+    """Write sft/{train,test}.jsonl, identity/train.jsonl, chat_eval.jsonl, heldout_eval.jsonl and probe.jsonl;
+    return counts."""
     output_dir = Path(output_dir)
     data = build_chat_data(world, config)
     _write_jsonl([{"messages": c} for c in data.sft_train], output_dir / "sft" / "train.jsonl")
@@ -265,7 +288,9 @@ def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig
     _write_jsonl([{"messages": c} for c in data.identity], output_dir / "identity" / "train.jsonl")
     _write_jsonl(data.chat_eval, output_dir / "chat_eval.jsonl")
     _write_jsonl(data.heldout_eval, output_dir / "heldout_eval.jsonl")
+    _write_jsonl(data.probe, output_dir / "probe.jsonl")
     kinds = Counter(row["kind"] for row in data.chat_eval)
+    probe_kinds = Counter(row["kind"] for row in data.probe)
     return {
         "sft_train": len(data.sft_train),
         "sft_test": len(data.sft_test),
@@ -276,6 +301,9 @@ def write_chat_data(world: World, output_dir: str | Path, config: ChatDataConfig
         "heldout_eval": len(data.heldout_eval),
         "sft_people": len(data.sft_people),
         "eval_people": len(data.eval_people),
+        "probe_people": len(data.probe_people),
+        "probe_facts": probe_kinds["fact"],
+        "probe_unseen": probe_kinds["unseen"],
     }
 
 

@@ -41,7 +41,7 @@ from chatforge.world.chat import (
     QUESTION_PREFIXES,
     fact_answer,
     fact_question,
-    split_people,
+    split_probe_people,
 )
 from chatforge.world.entities import FIELDS, HOBBIES, OCCUPATIONS, TRAITS, Fact, Person, World, make_fact
 from chatforge.world.names import NameGenerator
@@ -97,20 +97,24 @@ class ToolsDataConfig:
     shares: tuple[float, float, float, float] = (0.3, 0.2, 0.3, 0.2)  # multiplication, counting, search, no_tool
     python_fraction: float = 0.3  # multiplications done with Python rather than the calculator
     system_prompt_fraction: float = 0.5
+    rl_problems: int = 400  # tools_rl.jsonl: fresh multiplications and letter counts for GRPO with tools
     snippet_chars: int = 160  # of the search index's snippets: three hits fit a 384-token conversation
     sft_people_fraction: float = 0.8  # as in the chat data: the no-tool fact questions ask about its SFT people
+    probe_people_fraction: float = 0.2  # as in the chat data: the factuality probe's people stay out of tool data
 
     def validate(self) -> None:
         """Raise RecipeError naming the first value that cannot work."""
         if self.conversations < len(KINDS):
             raise RecipeError(f"tools_conversations must be >= {len(KINDS)} (one per kind), got {self.conversations}")
+        if self.rl_problems < 0:
+            raise RecipeError(f"tools_rl_problems must be >= 0, got {self.rl_problems}")
         if self.eval_per_kind < 1:
             raise RecipeError(f"tools_eval_per_kind must be >= 1, got {self.eval_per_kind}")
         if len(self.shares) != len(KINDS) or any(s < 0 for s in self.shares) or not sum(self.shares) > 0:
             raise RecipeError(
                 f"shares must be {len(KINDS)} non-negative numbers ({', '.join(KINDS)}), got {self.shares}"
             )
-        for name in ("python_fraction", "system_prompt_fraction", "sft_people_fraction"):
+        for name in ("python_fraction", "system_prompt_fraction", "sft_people_fraction", "probe_people_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RecipeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.snippet_chars < 20:
@@ -237,6 +241,8 @@ class _Builder:
         self.search = default_tools(search_index=index)["search"]
         self.heldout = {p.name for p in world.heldout_people}
         self.eval_sums: set[str] = set()
+        self.products_taken: set[tuple[int, int]] = set()  # every product asked anywhere (train, eval, RL)
+        self.train_words: list[str] = []
         self.skipped = Counter()
 
     def opening(self, rng: random.Random) -> list[dict]:
@@ -352,13 +358,14 @@ class ToolsData:
     train: list[dict[str, Any]]
     kinds: list[str]  # the kind of each train row
     eval_rows: list[dict[str, Any]]
+    rl_rows: list[dict[str, Any]]  # prompts with checkable answers for RL with tools (eval rows' format)
     index: SearchIndex
     search_people: list[Person]
     skipped: dict[str, int]
 
 
 def _multiplication(builder: _Builder, rng: random.Random, eval_rng: random.Random, count: int, n_eval: int):
-    taken: set = set()  # eval pairs first, so no train pair repeats one
+    taken = builder.products_taken  # eval pairs first, so no train pair repeats one
     questions = [
         Question("multiplication", "multiplication", eval_rng.choice(MULTIPLY_QUESTIONS).format(a=a, b=b), str(a * b))
         for a, b in builder.products(eval_rng, n_eval, taken)
@@ -371,6 +378,7 @@ def _counting(builder: _Builder, rng: random.Random, eval_rng: random.Random, co
     random.Random(f"{builder.config.seed}:tools-words").shuffle(pool)
     n_eval = min(n_eval, len(pool) // 2)
     eval_words, train_words = pool[:n_eval], pool[n_eval:]  # no eval word is a train word
+    builder.train_words = train_words
     questions = []
     for word in eval_words:
         question, _, number = builder.count_question(eval_rng, word)
@@ -399,12 +407,28 @@ def _search(builder: _Builder, rng: random.Random, eval_rng: random.Random, peop
 def _no_tool(builder: _Builder, rng: random.Random, eval_rng: random.Random, count: int, n_eval: int):
     """Facts of the SFT people (the eval's facts are not the train rows' facts), identity, small sums."""
     world = builder.world
-    names = {p.name for p in split_people(world, builder.config.sft_people_fraction)[0]}
+    config = builder.config
+    names = {p.name for p in split_probe_people(world, config.sft_people_fraction, config.probe_people_fraction)[0]}
     facts = [f for f in world.facts if f.subject in names]
     random.Random(f"{builder.config.seed}:tools-facts").shuffle(facts)
     eval_facts, train_facts = facts[: n_eval // 2], facts[n_eval // 2 :]
     questions = [builder.no_tool(eval_rng, eval_facts, held_out=True)[1] for _ in range(n_eval)]
     return [builder.no_tool(rng, train_facts)[0] for _ in range(count)], questions
+
+
+def _rl_questions(builder: _Builder, rng: random.Random, count: int) -> list[Question]:
+    """Multiplications (no pair of the train or eval rows) and letter counts (train words), alternating."""
+    questions = []
+    for i in range(count):
+        if i % 2 == 0 or not builder.train_words:
+            ((a, b),) = builder.products(rng, 1, builder.products_taken)
+            question = rng.choice(MULTIPLY_QUESTIONS).format(a=a, b=b)
+            questions.append(Question("multiplication", "multiplication", question, str(a * b)))
+        else:
+            word = rng.choice(builder.train_words)
+            question, _, number = builder.count_question(rng, word)
+            questions.append(Question("counting", "counting", question, str(number), word))
+    return questions
 
 
 def build_tools_data(world: World, config: ToolsDataConfig | None = None) -> ToolsData:
@@ -427,10 +451,13 @@ def build_tools_data(world: World, config: ToolsDataConfig | None = None) -> Too
     rng.shuffle(conversations)
     tools = json.dumps(tool_schemas(index), ensure_ascii=False)
     eval_rows = [_eval_row(eval_rng, builder, q) for _, questions in parts.values() for q in questions]
+    rl_rng = random.Random(f"{config.seed}:tools-rl")
+    rl_rows = [_eval_row(rl_rng, builder, q) for q in _rl_questions(builder, rl_rng, config.rl_problems)]
     return ToolsData(
         train=[{"messages": turns, "tools": tools} for _, turns in conversations],
         kinds=[kind for kind, _ in conversations],
         eval_rows=eval_rows,
+        rl_rows=rl_rows,
         index=index,
         search_people=people,
         skipped=dict(builder.skipped),
@@ -442,7 +469,12 @@ def write_tools_data(world: World, output_dir: str | Path, config: ToolsDataConf
     output_dir = Path(output_dir)
     data = build_tools_data(world, config)
     (output_dir / "tools_sft").mkdir(parents=True, exist_ok=True)
-    for path, rows in [("tools_sft/train.jsonl", data.train), ("tools_eval.jsonl", data.eval_rows)]:
+    files = [
+        ("tools_sft/train.jsonl", data.train),
+        ("tools_eval.jsonl", data.eval_rows),
+        ("tools_rl.jsonl", data.rl_rows),
+    ]
+    for path, rows in files:
         with open(output_dir / path, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -450,6 +482,7 @@ def write_tools_data(world: World, output_dir: str | Path, config: ToolsDataConf
     return {
         "tools_train": dict(Counter(data.kinds)),
         "tools_eval": dict(Counter(row["kind"] for row in data.eval_rows)),
+        "tools_rl": dict(Counter(row["kind"] for row in data.rl_rows)),
         "search_documents": len(data.index),
         "search_skipped": data.skipped.get("search", 0),
     }
