@@ -116,7 +116,7 @@ class DataScriptArguments:
         },
     )
     tools_conversations: int = field(
-        default=500,
+        default=1500,
         metadata={"help": "Tool-use SFT conversations (30% multiplication, 20% counting, 30% search, 20% no tool)."},
     )
     tools_eval_per_kind: int = field(default=40, metadata={"help": "Questions per kind in tools_eval.jsonl."})
