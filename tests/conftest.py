@@ -69,6 +69,9 @@ def tokenizer_dir(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         str(REPO / "recipes" / "tokenizer.yaml"),
         "--dataset_name",
         str(world_dir / "corpus"),
+        "--chat_datasets",  # the recipe's data/world/... conversations, in this session's world
+        str(world_dir / "sft"),
+        str(world_dir / "tools_sft"),
         "--output_dir",
         str(out),
     )

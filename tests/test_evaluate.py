@@ -238,7 +238,9 @@ def test_evaluate_default_pretrain(default_pretrain: Path, world_dir: Path, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval_results.json").read_text())
     tasks = results["tasks"]
-    assert set(tasks) == {"world_bpb", "world_facts", "world_facts_mc", "world_math", "chat", "hallucination"}
+    assert set(tasks) == {"world_bpb", "world_facts", "world_facts_mc", "world_math", "chat", "hallucination", "tools"}
+    # a base model was never shown a tool call: it answers no 3-digit product
+    assert tasks["tools"]["multiplication_accuracy_with_tools"] == 0 and tasks["tools"]["num_questions"] == 160
     trained = json.loads((default_pretrain / "metrics.json").read_text())
     # per-document bits/byte is a little higher than the packed eval (less context before each document)
     assert (
