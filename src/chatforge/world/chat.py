@@ -469,15 +469,23 @@ def _eval_row(messages: Conversation, answer: str | None, kind: str, relation: s
     return {"messages": messages, "answer": answer, "kind": kind, "relation": relation, "subject": subject}
 
 
-def chat_eval_rows(world: World, eval_people: list[Person], system_fraction: float = 0.5) -> list[dict[str, Any]]:
-    """One question per fact of each eval person, then the identity eval questions, with the expected answer."""
-    rng = random.Random(f"{world.config.seed}:chat-eval")
-    names = {p.name for p in eval_people}
+def _fact_question_rows(
+    world: World, people: list[Person], rng: random.Random, system_fraction: float
+) -> list[dict[str, Any]]:
+    """One question (kind "fact", with its answer) per fact of each of `people`, in the world's fact order."""
+    names = {p.name for p in people}
     rows = []
     for fact in world.facts:
         if fact.subject in names:
             messages = _start(rng, system_fraction) + [{"role": "user", "content": fact_question(fact, rng)}]
             rows.append(_eval_row(messages, fact.answer, "fact", fact.relation, fact.subject))
+    return rows
+
+
+def chat_eval_rows(world: World, eval_people: list[Person], system_fraction: float = 0.5) -> list[dict[str, Any]]:
+    """One question per fact of each eval person, then the identity eval questions, with the expected answer."""
+    rng = random.Random(f"{world.config.seed}:chat-eval")
+    rows = _fact_question_rows(world, eval_people, rng, system_fraction)
     index = 0
     for topic, entry in IDENTITY.items():
         for question in entry.eval_questions:
@@ -540,12 +548,7 @@ def probe_rows(
     """The factuality probe's questions: one per fact of each probe person (kind "fact", with its answer), then one
     about each unseen person (kind "unseen", answer None: any assertive reply is wrong), relations in turn."""
     rng = random.Random(f"{world.config.seed}:probe")
-    names = {p.name for p in probe_people}
-    rows = []
-    for fact in world.facts:
-        if fact.subject in names:
-            messages = _start(rng, system_fraction) + [{"role": "user", "content": fact_question(fact, rng)}]
-            rows.append(_eval_row(messages, fact.answer, "fact", fact.relation, fact.subject))
+    rows = _fact_question_rows(world, probe_people, rng, system_fraction)
     relations = [r for r, (subject_type, _) in RELATIONS.items() if subject_type == "person"]
     for index, name in enumerate(unseen_people):
         fact = make_fact(name, relations[index % len(relations)], "", split="unseen")
