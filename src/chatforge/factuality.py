@@ -35,6 +35,7 @@ from chatforge.evaluation.chat_qa import reply_contains
 from chatforge.evaluation.hallucination import declines
 from chatforge.generation import Generator, HFGenerator, SamplingArguments, chat_stop_token_ids
 from chatforge.world.chat import TEMPLATES, fact_answer, idk_reply
+from chatforge.world.corpus import _write_jsonl  # one JSONL writer for the world's data files
 from chatforge.world.entities import make_fact
 
 logger = logging.getLogger(__name__)
@@ -264,12 +265,6 @@ def probe_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         for r in (facts[:2] + unseen[:2])
     ]
     return metrics
-
-
-def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def make_generator(config: ProbeConfig, tokenizer) -> Generator:
