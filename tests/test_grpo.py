@@ -128,7 +128,7 @@ def test_short_grpo_run_with_vllm_colocate_rollouts(default_sft: Path, world_dir
     result = run_script(
         "run_grpo.py", RECIPE, "--model_name_or_path", str(default_sft), "--dataset_name", str(world_dir / "math"),
         "--eval_file", str(world_dir / "math" / "test.jsonl"), "--eval_limit", "16", "--eval_num_samples", "2",
-        "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3", "--difficulties", "1",
+        "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3", "--difficulties", "0", "1",
         "--rewards", "accuracy", "format", "length", "--reward_weights", "1.0", "0.2", "1.0",
         "--reward_options", json.dumps({"length": {"max_completion_length": 48, "soft_cache": 32}}),
         "--max_completion_length", "48", "--output_dir", str(out),
@@ -137,6 +137,9 @@ def test_short_grpo_run_with_vllm_colocate_rollouts(default_sft: Path, world_dir
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("math_pass@1", "math_pass@2", "math_greedy_accuracy", "math_completion_tokens"):
         assert 0 <= metrics[f"before_{key}"] and 0 <= metrics[key], key
+    # with two levels, each level's pass@1 is kept too, and the overall figure lies between them
+    levels = [metrics[f"math_pass@1_level{level}"] for level in (0, 1)]
+    assert min(levels) <= metrics["math_pass@1"] <= max(levels)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     steps = [h for h in history if "reward" in h]
     assert len(steps) == 6 and all("completions/mean_length" in h for h in steps)
