@@ -64,7 +64,12 @@ def main(args: DataScriptArguments) -> dict:
         )
     if math_config is not None:
         summary["math"] = write_math_data(
-            world, args.output_dir, math_config, args.math_test_fraction, args.math_sft_difficulties
+            world,
+            args.output_dir,
+            math_config,
+            args.math_test_fraction,
+            args.math_sft_difficulties,
+            args.math_sft_problems,
         )
     if tools_config is not None:
         from chatforge.world.tools_data import write_tools_data

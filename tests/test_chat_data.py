@@ -430,6 +430,13 @@ def test_mixture_combines_conversations_with_reasoning(world: World, chat_dir: P
     easy = write_math_data(world, tmp_path / "easy", MathConfig(seed=0, num_problems=40), sft_difficulties=[0])
     train = [json.loads(line) for line in (tmp_path / "easy" / "math" / "train.jsonl").read_text().splitlines()]
     assert easy["math_sft"] == sum(r["difficulty"] == 0 for r in train) == 7  # only the chosen levels become SFT
+    few = write_math_data(
+        world, tmp_path / "few", MathConfig(seed=0, num_problems=40), sft_difficulties=[0], sft_problems=3
+    )
+    few_sft = [json.loads(line) for line in (tmp_path / "few" / "math_sft" / "train.jsonl").read_text().splitlines()]
+    assert few["math_sft"] == len(few_sft) == 3 and few["math_train"] == len(train)  # RL keeps every problem
+    level0 = [r for r in train if r["difficulty"] == 0]
+    assert [c["messages"][0]["content"] for c in few_sft] == [r["question"] for r in level0[:3]]
     written = write_math_data(world, tmp_path, MathConfig(seed=0, num_problems=40))
     mixture = {
         "datasets": [

@@ -22,6 +22,7 @@ from chatforge.evaluation.math import answers_match, extract_answer, math_accura
 from chatforge.math_data import load_gsm8k
 from chatforge.modeling import ArchitectureArguments, build_model, build_model_config
 from chatforge.world import World
+from chatforge.world.corpus import DataScriptArguments
 from chatforge.world.math import MathConfig, generate_math_problems, split_problems
 
 GSM8K_TRAIN = SHARED_DATA / "math" / "gsm8k_train.jsonl"
@@ -118,6 +119,10 @@ def test_bad_math_config() -> None:
         generate_math_problems(MathConfig(difficulties=[1, 5]))
     with pytest.raises(RecipeError, match="num_problems"):
         generate_math_problems(MathConfig(num_problems=0))
+    with pytest.raises(RecipeError, match="math_sft_problems must be >= 1 .*got 0"):
+        DataScriptArguments(math_sft_problems=0).math_config()
+    with pytest.raises(RecipeError, match="math_sft_difficulties: unknown level 7"):
+        DataScriptArguments(math_sft_difficulties=[0, 7]).math_config()
 
 
 def test_split_is_disjoint_stratified_and_deterministic(problems: list[dict]) -> None:

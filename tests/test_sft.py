@@ -29,7 +29,7 @@ IDENTITY_FLOOR = 0.25
 # "what is your name" / "who made you" in unseen phrasings: 2 of 6 in the demo with tool data in SFT (was 5 of 6
 # before it; identity on 23 questions swings between runs: 30-65% across this session's SFT runs)
 IDENTITY_CORE_FLOOR = 2 / 6
-MATH_LEVEL0_FLOOR = 0.4  # greedy, held-out level-0 problems (0.0 before SFT: the base model never saw them)
+MATH_LEVEL0_FLOOR = 0.25  # greedy, held-out level-0 problems (0.0 before SFT; ~46% after 600 worked examples)
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

@@ -98,6 +98,13 @@ class DataScriptArguments:
         default_factory=lambda: [0],
         metadata={"help": "Difficulty levels of the train problems written as SFT conversations to math_sft/."},
     )
+    math_sft_problems: int | None = field(
+        default=None,
+        metadata={
+            "help": "At most this many train problems (the first, at math_sft_difficulties) become SFT "
+            "conversations; the rest keep only their answers, for RL (None: all)."
+        },
+    )
     preference_pairs: int = field(
         default=2000,
         metadata={
@@ -157,6 +164,8 @@ class DataScriptArguments:
         unknown = sorted(set(self.math_sft_difficulties) - set(DIFFICULTIES))
         if unknown:
             raise RecipeError(f"math_sft_difficulties: unknown level {unknown[0]}; levels are {list(DIFFICULTIES)}")
+        if self.math_sft_problems is not None and self.math_sft_problems < 1:
+            raise RecipeError(f"math_sft_problems must be >= 1 (or null for all), got {self.math_sft_problems}")
         config = MathConfig(seed=self.seed, num_problems=self.math_problems)
         config.validate()
         return config
@@ -313,15 +322,16 @@ def write_math_data(
     config: MathConfig,
     test_fraction: float = 0.1,
     sft_difficulties: Sequence[int] | None = None,
+    sft_problems: int | None = None,
 ) -> dict:
     """Write math/{train,test}.jsonl (word problems about the world's people, no question in both) and
-    math_sft/train.jsonl (the train problems at `sft_difficulties`, all when None, as conversations that reason
-    in <think> before answering)."""
+    math_sft/train.jsonl (the first `sft_problems` train problems at `sft_difficulties`, all when None, as
+    conversations that reason in <think> before answering)."""
     output_dir = Path(output_dir)
     rows = generate_math_problems(config, world=world)
     train, test = split_problems(rows, test_fraction=test_fraction, seed=config.seed)
     _write_jsonl(train, output_dir / "math" / "train.jsonl")
     _write_jsonl(test, output_dir / "math" / "test.jsonl")
-    sft = [row for row in train if sft_difficulties is None or row["difficulty"] in sft_difficulties]
+    sft = [row for row in train if sft_difficulties is None or row["difficulty"] in sft_difficulties][:sft_problems]
     _write_jsonl([{"messages": math_conversation(row)} for row in sft], output_dir / "math_sft" / "train.jsonl")
     return {"math_train": len(train), "math_test": len(test), "math_sft": len(sft)}
