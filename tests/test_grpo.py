@@ -110,7 +110,7 @@ def test_use_vllm_without_a_working_vllm_names_the_extra(tmp_path: Path) -> None
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('torchvision::nms does not exist')\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(broken.parent)}
-    problems = _write_jsonl(tmp_path / "train.jsonl", [{"question": "2 + 2?", "answer": 4, "difficulty": 1}])
+    problems = _write_jsonl(tmp_path / "train.jsonl", [{"question": "2 + 2?", "answer": 4, "difficulty": 0}])
     command = [sys.executable, str(REPO / "scripts" / "run_grpo.py"), RECIPE, "--model_name_or_path", str(tmp_path)]
     command += ["--dataset_name", str(problems), "--eval_file", "null"]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
