@@ -290,9 +290,9 @@ def score_math(
     result["math_greedy_accuracy"] = greedy["accuracy"]
     result["math_format_rate"] = greedy["answer_rate"]
     result["math_completion_tokens"] = sampled["mean_completion_tokens"]
-    for level, scores in (sampled.get("per_difficulty") or {}).items():
-        if len(sampled["per_difficulty"]) > 1:  # several levels: how each moves (gains on one can cost another)
-            result[f"math_pass@1_level{level}"] = scores["pass@1"]
+    levels = sampled.get("per_difficulty") or {}
+    if len(levels) > 1:  # several levels: how each moves (a gain on one can cost another)
+        result.update({f"math_pass@1_level{level}": scores["pass@1"] for level, scores in levels.items()})
     result["math_examples"] = greedy["examples"][:3]
     return result
 
