@@ -26,7 +26,9 @@ TINY_ARCH = dict(
 )
 
 
-def tiny_run(world_dir: Path, tokenizer_dir: Path, output_dir: Path, callbacks=None, **overrides):
+def tiny_run(
+    world_dir: Path, tokenizer_dir: Path, output_dir: Path, callbacks=None, script_overrides=None, **overrides
+):
     """A few steps of a tiny model, in process; returns (trainer, metrics)."""
     script_args = PretrainScriptArguments(
         dataset_name=str(world_dir / "corpus"),
@@ -34,6 +36,7 @@ def tiny_run(world_dir: Path, tokenizer_dir: Path, output_dir: Path, callbacks=N
         block_size=64,
         facts_file=None,
         dataset_test_split=None,
+        **(script_overrides or {}),
     )
     settings = dict(
         output_dir=str(output_dir),
@@ -205,6 +208,24 @@ def test_llama_architecture_option(world_dir: Path, tokenizer_dir: Path, tmp_pat
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0] - 1.0
     assert metrics["eval_bits_per_byte"] > 0
+
+
+def test_document_masking_option(world_dir: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
+    """With document_masking, batches carry position ids restarting at each document's eos; training still learns
+    and the saved model generates with a KV cache again (training turns it off)."""
+    trainer, metrics = tiny_run(
+        world_dir, tokenizer_dir, tmp_path, script_overrides={"document_masking": True}, max_steps=30,
+        learning_rate=3e-3, save_strategy="no",
+    )  # fmt: skip
+    eos = trainer.processing_class.eos_token_id
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(32)])
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    assert "attention_mask" not in batch and (positions[:, 1:] == 0).sum() >= 8  # documents start mid-block
+    assert (positions[ids == eos] == 0).all() and (positions[ids != eos] > 0).float().mean() > 0.95
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0] - 1.0
+    assert json.loads((tmp_path / "config.json").read_text())["use_cache"] is True
+    assert "within each document" in (tmp_path / "README.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- distributed

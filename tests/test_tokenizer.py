@@ -443,3 +443,67 @@ def test_script_missing_dataset_is_one_line_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert str(missing) in lines[0] and "scripts/run_data.py recipes/data.yaml" in lines[0]
     assert not (tmp_path / "tok").exists()
+
+
+def _hub_style_corpus(folder: Path) -> Path:
+    """A local dataset laid out as HuggingFaceFW/fineweb-edu is on the Hub: named configs in README.md whose parquet
+    files sit in sample/<size>/ without split folders. sample-100BT holds only the word 'zebra'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for size, seed in (("10BT", 0), ("10BT", 1), ("100BT", 2)):
+        (folder / "sample" / size).mkdir(parents=True, exist_ok=True)
+        texts = make_texts(200, seed) if size == "10BT" else ["zebra zebra zebras, zebra."] * 200
+        table = pa.table({"text": texts, "id": [f"{seed}-{i}" for i in range(len(texts))]})
+        pq.write_table(table, folder / "sample" / size / f"{seed:03d}_00000.parquet")
+    configs = "".join(
+        f"- config_name: sample-{size}\n  data_files:\n  - split: train\n    path: sample/{size}/*\n"
+        for size in ("10BT", "100BT")
+    )
+    (folder / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
+    return folder
+
+
+def test_script_streams_a_named_config_of_a_hub_style_corpus(tmp_path: Path) -> None:
+    corpus = _hub_style_corpus(tmp_path / "fineweb-edu")
+    common = ["--dataset_name", str(corpus), "--eval_split", "none", "--vocab_size", "400", "--chat_datasets", "none"]
+    out = tmp_path / "tok"
+    result = _run_script(
+        tmp_path, *common, "--dataset_config", "sample-10BT", "--streaming", "true", "--max_train_chars", "30000",
+        "--output_dir", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"training on {corpus} (sample-10BT), split 'train' (streamed)" in result.stdout
+    assert "(30,000 characters)" in result.stdout  # the stream stops where max_train_chars says
+    assert not any("zebra" in token for token in AutoTokenizer.from_pretrained(out).get_vocab())
+    # the config named is the one read (here loaded whole, not streamed)
+    other = tmp_path / "tok_other"
+    result = _run_script(tmp_path, *common, "--dataset_config", "sample-100BT", "--output_dir", str(other))
+    assert result.returncode == 0, result.stderr
+    assert "(200 documents)" in result.stdout
+    assert any("zebra" in token for token in AutoTokenizer.from_pretrained(other).get_vocab())
+    # without a config, datasets cannot choose one: a one-line error before any training
+    result = _run_script(tmp_path, *common, "--output_dir", str(tmp_path / "tok_none"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Config name is missing" in result.stderr
+    assert not (tmp_path / "tok_none").exists()
+
+
+def test_script_streams_the_eval_split_up_to_max_eval_docs(tmp_path: Path) -> None:
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for split, seed, n in [("train", 0, 300), ("validation", 1, 40)]:
+        rows = [{"text": text} for text in make_texts(n, seed)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = _run_script(
+        tmp_path, "--dataset_name", str(data), "--streaming", "true", "--max_eval_docs", "10", "--vocab_size", "400",
+        "--chat_datasets", "none", "--output_dir", str(tmp_path / "tok"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "trained on 300 documents" in result.stdout
+    assert "bytes per token on 'validation' (10 documents)" in result.stdout
+    missing = _run_script(
+        tmp_path, "--dataset_name", str(data), "--streaming", "true", "--text_column", "body",
+        "--output_dir", str(tmp_path / "tok2"),
+    )  # fmt: skip
+    assert missing.returncode == 2 and "has no column 'body'" in missing.stderr, missing.stderr

@@ -220,3 +220,152 @@ def test_tokenize_rejects_a_missing_corpus_split_or_tokenizer(cleaned, tokenizer
         with pytest.raises(RecipeError, match=message):
             tokenize_corpus(TokenizeArguments(**{**good, **change}))
     assert not any(tmp_path.iterdir())
+
+
+# --- a corpus without split folders, laid out like FineWeb-Edu's sample/10BT (split_globs, max_documents) ---
+
+FINEWEB_GLOBS = {"train": "00[0-2]_00000.parquet", "validation": "013_00000.parquet"}
+
+
+@pytest.fixture(scope="module")
+def fineweb_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
+    """sample/10BT/{000,001,002,013}_00000.parquet with FineWeb-Edu's columns; returns the folder and the texts of
+    each file in file order."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path_factory.mktemp("fineweb-edu") / "sample" / "10BT"
+    folder.mkdir(parents=True)
+    rng = random.Random(0)
+    words = (
+        "the river mill school energy cells photosynthesis 1848 students learn water café naïve — (see) x_2".split()
+    )
+    texts = {}
+    for name, n in (("000_00000", 30), ("001_00000", 25), ("002_00000", 20), ("013_00000", 15)):
+        texts[name] = [
+            f"{name} document {i}.\n" + " ".join(rng.choice(words) for _ in range(rng.randint(5, 80)))
+            for i in range(n)
+        ]
+        table = pa.table(
+            {
+                "text": texts[name],
+                "id": [f"<urn:uuid:{name}-{i}>" for i in range(n)],
+                "url": [f"https://example.org/{name}/{i}" for i in range(n)],
+                "score": [rng.uniform(3, 5) for _ in range(n)],
+            }
+        )
+        pq.write_table(table, folder / f"{name}.parquet")
+    return folder, texts
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(fineweb_like, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from chatforge.tokenizer import load_chat_template, save_tokenizer, train_tokenizer
+
+    _, texts = fineweb_like
+    tokenizer = train_tokenizer([t for file in texts.values() for t in file], vocab_size=400, show_progress=False)
+    template = load_chat_template(REPO / "chat_templates" / "chatml.jinja")
+    return save_tokenizer(tokenizer, tmp_path_factory.mktemp("small_tokenizer"), template)
+
+
+def test_split_globs_tokenize_a_corpus_without_split_folders(fineweb_like, small_tokenizer: Path, tmp_path) -> None:
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from chatforge.web.tokenize import TokenizeArguments, tokenize_corpus
+
+    folder, texts = fineweb_like
+    args = TokenizeArguments(
+        dataset_name=str(folder), split_globs=dict(FINEWEB_GLOBS), max_documents={"validation": 7}, tasks=2,
+        tokenizer_name_or_path=str(small_tokenizer), output_dir=str(tmp_path / "tokenized"),
+    )  # fmt: skip
+    info = tokenize_corpus(args)
+    tokenizer = AutoTokenizer.from_pretrained(small_tokenizer)
+    expected = {
+        "train": texts["000_00000"] + texts["001_00000"] + texts["002_00000"],  # two tasks share the three files
+        "validation": texts["013_00000"][:7],  # the cap: the first 7 documents of the file
+    }
+    for split, documents in expected.items():
+        # eos before each document, then its tokens
+        assert info["tokens"][split] == sum(1 + len(tokenizer.encode(t, add_special_tokens=False)) for t in documents)
+        shards = sorted((tmp_path / "tokenized" / split).glob("*.ds"))
+        ids = np.concatenate([np.fromfile(f, dtype=np.uint16) for f in shards])
+        starts = np.flatnonzero(ids == tokenizer.eos_token_id).tolist() + [len(ids)]
+        decoded = sorted(tokenizer.decode(ids[a + 1 : b].tolist()) for a, b in zip(starts, starts[1:]))
+        assert decoded == sorted(documents)
+    assert len(list((tmp_path / "tokenized" / "train").glob("*.ds"))) == 2  # one shard per task
+    written = json.loads((tmp_path / "tokenized" / "token_shards.json").read_text())
+    assert written["split_globs"] == FINEWEB_GLOBS and written["max_documents"] == {"validation": 7}
+
+
+def test_split_globs_and_max_documents_parse_from_yaml_and_json(tmp_path: Path) -> None:
+    from chatforge.configs import parse_recipe
+    from chatforge.web.tokenize import TokenizeArguments
+
+    recipe = tmp_path / "tokenize.yaml"
+    recipe.write_text(yaml.safe_dump({"split_globs": FINEWEB_GLOBS, "max_documents": {"validation": 5}}))
+    (from_yaml,) = parse_recipe([TokenizeArguments], [str(recipe)])
+    (from_json,) = parse_recipe(
+        [TokenizeArguments],
+        ["--split_globs", json.dumps(FINEWEB_GLOBS), "--max_documents", '{"validation": 5}'],
+    )
+    assert from_yaml.split_globs == from_json.split_globs == FINEWEB_GLOBS
+    assert from_yaml.max_documents == from_json.max_documents == {"validation": 5}
+    (plain,) = parse_recipe([TokenizeArguments], ["--split_globs", "null"])
+    assert plain.split_globs is None and plain.max_documents is None
+
+
+def test_split_globs_are_checked_before_any_work(fineweb_like, small_tokenizer: Path, tmp_path: Path) -> None:
+    from chatforge.configs import RecipeError
+    from chatforge.web.tokenize import TokenizeArguments, tokenize_corpus
+
+    folder, _ = fineweb_like
+    out = tmp_path / "out"
+    good = dict(
+        dataset_name=str(folder), split_globs=FINEWEB_GLOBS, tokenizer_name_or_path=str(small_tokenizer),
+        output_dir=str(out),
+    )  # fmt: skip
+    cases = [
+        ({"split_globs": {**FINEWEB_GLOBS, "test": "01*"}}, "split_globs names split 'test', which is not in splits"),
+        ({"split_globs": {"train": FINEWEB_GLOBS["train"]}}, "split_globs has no glob for split 'validation'"),
+        ({"split_globs": {**FINEWEB_GLOBS, "validation": " "}}, r"split_globs\['validation'\] must be a non-empty"),
+        ({"split_globs": {**FINEWEB_GLOBS, "validation": "099_*.parquet"}}, "'099_\\*.parquet' matches no files"),
+        ({"split_globs": {"train": "0*.parquet", "validation": "013*"}}, "matches both 'train' and 'validation'"),
+        ({"split_globs": '{"train": '}, "split_globs is not valid JSON"),
+        ({"split_globs": '["train"]'}, "split_globs must be a mapping"),
+        ({"max_documents": {"valid": 5}}, "max_documents names split 'valid', which is not in splits"),
+        ({"max_documents": {"validation": 0}}, r"max_documents\['validation'\] must be a positive integer"),
+        ({"dataset_name": str(tmp_path / "nope")}, "corpus not found"),
+    ]
+    for change, message in cases:
+        with pytest.raises(RecipeError, match=message):
+            tokenize_corpus(TokenizeArguments(**{**good, **change}))
+    assert not out.exists()
+
+
+def test_token_blocks_read_the_same_in_data_loader_workers(fineweb_like, small_tokenizer: Path, tmp_path) -> None:
+    """Blocks read in DataLoader workers equal those read in the main process, even after the main process has read
+    (as the eval split's bytes-per-token count does): forked workers must not share its open shard files."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from chatforge.token_shards import TokenBlocks
+    from chatforge.web.tokenize import TokenizeArguments, tokenize_corpus
+
+    folder, _ = fineweb_like
+    out = tmp_path / "tokenized"
+    tokenize_corpus(
+        TokenizeArguments(
+            dataset_name=str(folder), split_globs=dict(FINEWEB_GLOBS), splits=["train", "validation"],
+            tokenizer_name_or_path=str(small_tokenizer), output_dir=str(out),
+        )
+    )  # fmt: skip
+    blocks = TokenBlocks(out / "train", block_size=8, token_size=2)
+    expected = [blocks[i]["input_ids"] for i in range(len(blocks))]  # opens the shard files in this process
+    assert len(expected) > 300
+    for _ in range(3):
+        loaded = [batch["input_ids"][0] for batch in DataLoader(blocks, batch_size=1, num_workers=2)]
+        assert len(loaded) == len(expected)
+        assert all(torch.equal(a, b) for a, b in zip(loaded, expected))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
@@ -134,3 +136,34 @@ def pack_dataset(
         num_proc=num_proc,
         desc=desc,
     )
+
+
+def document_position_ids(input_ids: torch.Tensor, separator_id: int) -> torch.Tensor:
+    """Position ids that restart at 0 on every separator token (the eos before each document).
+
+    A block that starts inside a document counts that document's positions from 0 as well.
+    """
+    steps = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
+    starts = torch.where(input_ids == separator_id, steps, torch.zeros_like(steps))
+    return steps - torch.cummax(starts, dim=-1).values
+
+
+@dataclass
+class BlockCollator:
+    """Batch packed blocks for causal LM training: labels are the input ids (the model shifts them).
+
+    Blocks are full, so there is no padding and no attention mask. With `document_masking`, each row also gets
+    `document_position_ids`: transformers reads restarting position ids with no attention mask as packed
+    sequences and lets each token attend only within its own document (a block-diagonal causal mask for sdpa,
+    eager and flex attention; variable-length kernels for flash attention).
+    """
+
+    separator_id: int
+    document_masking: bool = False
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids = torch.stack([torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features])
+        batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+        if self.document_masking:
+            batch["position_ids"] = document_position_ids(input_ids, self.separator_id)
+        return batch

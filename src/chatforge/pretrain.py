@@ -13,7 +13,6 @@ import torch
 import transformers
 from transformers import (
     AutoTokenizer,
-    DataCollatorForLanguageModeling,
     GenerationConfig,
     PreTrainedTokenizerBase,
     Trainer,
@@ -23,7 +22,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
-from chatforge.data import load_corpus, looks_local, pack_dataset
+from chatforge.data import BlockCollator, load_corpus, looks_local, pack_dataset
 from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
@@ -61,6 +60,14 @@ class PretrainScriptArguments:
         metadata={"help": "World facts table; after training, report held-in fact completion accuracy (None: skip)."},
     )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    document_masking: bool = field(
+        default=False,
+        metadata={
+            "help": "Attend only within each document of a packed block (position ids restart at every eos) "
+            "instead of across the whole block. Fast with flash_attention_2 or flex_attention; sdpa and eager "
+            "build a block-diagonal mask."
+        },
+    )
 
     def __post_init__(self) -> None:
         none_if_null(self, "facts_file", "dataset_test_split", "dataset_config")
@@ -224,6 +231,8 @@ def train(
 
     config = build_model_config(arch, tokenizer, script_args.block_size)
     model = build_model(config, seed=training_args.seed)
+    # No KV cache while training: it is never read, and with one transformers ignores document position ids.
+    model.config.use_cache = False
     n_params = count_parameters(model)
     tokens_per_step = (
         script_args.block_size
@@ -247,7 +256,7 @@ def train(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        data_collator=BlockCollator(tokenizer.eos_token_id, script_args.document_masking),
         callbacks=callbacks,
         eval_bytes_per_token=eval_bytes_per_token,
         tokens_per_step=tokens_per_step,
@@ -273,6 +282,7 @@ def train(
         eval_metrics = trainer.evaluate()
         metrics["eval_loss"] = eval_metrics["eval_loss"]
         metrics["eval_bits_per_byte"] = eval_metrics["eval_bits_per_byte"]
+    trainer.model.config.use_cache = True  # generation from here on, and the saved model, use a KV cache
     if script_args.facts_file and trainer.is_world_process_zero():
         facts = fact_completion_accuracy(trainer.model, tokenizer, load_facts(script_args.facts_file, "train"))
         metrics["fact_accuracy"] = facts["accuracy"]
@@ -318,6 +328,7 @@ def save_pretrained_model(
             "parameters": f"{metrics['parameters'] / 1e6:.2f}M",
             "layers x width": f"{arch.num_hidden_layers} x {arch.hidden_size}",
             "context": script_args.block_size,
+            "attention": "within each document" if script_args.document_masking else "across the packed block",
             "tokenizer": script_args.tokenizer_name_or_path,
         },
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -25,24 +26,33 @@ def read_shards_info(folder: str | Path) -> dict:
 class TokenBlocks(torch.utils.data.Dataset):
     """Consecutive `block_size`-token windows of one split's shards (documents already separated by eos).
 
-    Reads through datatrove's `DatatroveFolderDataset`, which memory-maps nothing and seeks per item: fast for
-    the sequential reads the Trainer makes within a shuffled shard, slower for fully random access.
+    Reads through datatrove's `DatatroveFolderDataset`, which seeks and reads per item: about 10M tokens/s in
+    shuffled order on one CPU core here (`scripts/benchmark_pretrain.py --token_shards`), far above the rate a
+    GPU trains at. Safe in DataLoader workers (each reopens the files).
     """
 
     def __init__(self, folder: str | Path, block_size: int, token_size: int) -> None:
-        from datatrove.utils.dataset import DatatroveFolderDataset
-
         if not any(Path(folder).rglob("*.ds")):
             raise RecipeError(f"no token shards (*.ds) in {folder}")
+        self.folder, self.block_size, self.token_size = str(folder), block_size, token_size
+        self._open()
+
+    def _open(self) -> None:
+        from datatrove.utils.dataset import DatatroveFolderDataset
+
         # datatrove windows are seq_len + 1 tokens long and do not overlap
-        self.inner = DatatroveFolderDataset(str(folder), seq_len=block_size - 1, token_size=token_size)
-        self.block_size = block_size
+        self.inner = DatatroveFolderDataset(self.folder, seq_len=self.block_size - 1, token_size=self.token_size)
+        self.pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.inner)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return {"input_ids": self.inner[index]["input_ids"].tolist()}
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if os.getpid() != self.pid:
+            # A DataLoader worker forked after this process read the shards: its copies of the open files share
+            # their offsets with every other worker's, so concurrent seeks would read wrong blocks. Reopen.
+            self._open()
+        return {"input_ids": self.inner[index]["input_ids"]}  # int64 already; BlockCollator stacks it as is
 
 
 def load_token_blocks(
@@ -66,5 +76,7 @@ def bytes_per_token(blocks: TokenBlocks, tokenizer: PreTrainedTokenizerBase, lim
     n = len(blocks) if limit is None else min(len(blocks), limit)
     if n == 0:
         return 0.0
-    total = sum(len(tokenizer.decode(blocks[i]["input_ids"], skip_special_tokens=True).encode()) for i in range(n))
+    total = sum(
+        len(tokenizer.decode(blocks[i]["input_ids"].tolist(), skip_special_tokens=True).encode()) for i in range(n)
+    )
     return total / (n * blocks.block_size)

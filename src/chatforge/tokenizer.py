@@ -7,6 +7,7 @@ bytes. The saved folder loads with `AutoTokenizer.from_pretrained(folder)` in tr
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -14,11 +15,15 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from chatforge.configs import RecipeError
+from chatforge.configs import RecipeError, none_if_null
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +84,27 @@ class TokenizerScriptArguments:
 
     dataset_name: str = field(
         default="data/world/corpus",
-        metadata={"help": "Local dataset folder or Hub id, loaded with `datasets.load_dataset(dataset_name)`."},
+        metadata={
+            "help": "Local dataset folder or Hub id, loaded with `datasets.load_dataset(dataset_name, dataset_config)`."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration name, e.g. sample-10BT for FineWeb-Edu."}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the corpus instead of downloading and loading all of it: only the documents used are "
+            "read (the first max_train_chars characters of the train split, max_eval_docs of the eval split)."
+        },
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
     train_split: str = field(default="train", metadata={"help": "Split the tokenizer is trained on."})
     eval_split: str | None = field(
         default="validation", metadata={"help": "Split used to report bytes per token (None: skip)."}
+    )
+    max_eval_docs: int | None = field(
+        default=None, metadata={"help": "Report bytes per token on at most this many eval documents (None: all)."}
     )
     vocab_size: int = field(
         default=2048,
@@ -115,6 +135,13 @@ class TokenizerScriptArguments:
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Push the tokenizer to the Hub after saving."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id to push to (`user/name`)."})
+
+    def __post_init__(self) -> None:
+        none_if_null(self, "dataset_config", "eval_split")
+        for name in ("max_train_chars", "max_eval_docs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RecipeError(f"{name} must be a positive number or null, got {value}")
 
 
 def check_vocab_size(vocab_size: int) -> None:
@@ -147,6 +174,67 @@ def build_backend() -> Tokenizer:
     )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
+
+
+def stream_corpus(
+    name: str,
+    splits: list[str],
+    text_column: str = "text",
+    config: str | None = None,
+    optional_splits: tuple[str, ...] = (),
+) -> dict[str, datasets.IterableDataset]:
+    """`splits` of a corpus as streams (`load_dataset(..., streaming=True)`): a Hub dataset is read file by file
+    as it is iterated, never downloaded whole. Checks that each split exists and has `text_column`."""
+    import datasets
+
+    from chatforge.data import looks_local
+
+    path = Path(name).expanduser()
+    if not path.exists() and looks_local(name):
+        raise RecipeError(f"dataset not found: {name}")
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = datasets.load_from_disk(str(path))  # a save_to_disk folder: already local, stream it anyway
+            loaded = (
+                {"train": loaded.to_iterable_dataset()}
+                if isinstance(loaded, datasets.Dataset)
+                else {split: ds.to_iterable_dataset() for split, ds in loaded.items()}
+            )
+        else:
+            loaded = datasets.load_dataset(str(path) if path.exists() else name, config, streaming=True)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the name and the cause
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"could not stream dataset '{name}' (config {config!r}): {first}") from None
+    result = {}
+    for split in splits:
+        if split not in loaded:
+            if split in optional_splits:
+                continue
+            raise RecipeError(f"dataset '{name}' (config {config!r}) has no split '{split}'; it has {sorted(loaded)}")
+        stream = loaded[split]
+        columns = stream.column_names
+        if columns is None:  # features unknown until read (e.g. JSON files): look at the first row
+            first_row = next(iter(stream), None)
+            if first_row is None:
+                raise RecipeError(f"dataset '{name}' split '{split}' is empty")
+            columns = list(first_row)
+        if text_column not in columns:
+            raise RecipeError(f"dataset '{name}' split '{split}' has no column '{text_column}'; columns: {columns}")
+        result[split] = stream
+    return result
+
+
+def corpus_texts(
+    dataset: datasets.Dataset | datasets.IterableDataset, text_column: str, limit: int | None = None
+) -> Iterator[str]:
+    """The non-empty texts of the first `limit` documents of a dataset or stream (None: all of them)."""
+    import datasets
+
+    if isinstance(dataset, datasets.IterableDataset):
+        texts: Iterator[str] = (row[text_column] for row in dataset.select_columns([text_column]))
+    else:
+        texts = iter(dataset[text_column])
+    return (text for text in itertools.islice(texts, limit) if text)
 
 
 def _capped(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:

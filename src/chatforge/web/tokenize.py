@@ -3,6 +3,10 @@
 Each split of the corpus (corpus/train/, corpus/validation/) becomes a folder of shuffled `.ds` files of token ids
 with `.ds.index` (document ends) and `.ds.metadata` (token count, tokenizer) files. Documents are separated as
 `pack_dataset` separates them: the tokenizer's eos token before each one.
+
+A corpus without split folders, such as FineWeb-Edu's `sample/10BT/000_00000.parquet ...`, names each split's files
+with `split_globs` (train: some files, validation: another), and `max_documents` caps a split (validation: the
+first 10,000 documents of its file).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatforge.configs import RecipeError
+from chatforge.configs import RecipeError, none_if_null
 
 logger = logging.getLogger(__name__)
 SHARDS_INFO = "token_shards.json"  # written next to the split folders: what pretraining needs to read them
@@ -36,23 +40,103 @@ class TokenizeArguments:
     shuffle: bool = field(default=True, metadata={"help": "Shuffle documents within each shard."})
     seed: int = field(default=42, metadata={"help": "Seed of the shuffle."})
     max_tokens_per_file: int | None = field(default=None, metadata={"help": "Split shards above this size."})
+    split_globs: dict[str, str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "For a corpus without split folders: the glob of each split's files inside dataset_name, e.g. "
+            '{"train": "00[0-2]_00000.parquet", "validation": "013_00000.parquet"} (JSON on the command line). '
+            "Every split needs one, and no file may belong to two splits."
+        },
+    )
+    max_documents: dict[str, int] | str | None = field(
+        default=None,
+        metadata={
+            "help": 'Most documents to read per split, e.g. {"validation": 10000} (JSON on the command line); the '
+            "first ones in file order. A capped split is read by one task, so the cap is exact."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        none_if_null(self, "split_globs", "max_documents")
+        self.split_globs = _json_mapping(self.split_globs, "split_globs")
+        self.max_documents = _json_mapping(self.max_documents, "max_documents")
 
     def validate(self) -> None:
         """Clear errors before any work: the corpus, its splits and the tokenizer must exist."""
         if self.input_format not in ("parquet", "jsonl"):
             raise RecipeError(f"input_format must be parquet or jsonl, got {self.input_format!r}")
-        corpus = Path(self.dataset_name)
-        if "://" not in self.dataset_name:
-            if not corpus.is_dir():
-                raise RecipeError(
-                    f"corpus not found: {corpus}; build it with `python scripts/run_data.py recipes/data_web.yaml`"
-                )
-            for split in self.splits:
-                if not _split_files(corpus, split, self.input_format):
-                    raise RecipeError(f"corpus {corpus} has no {self.input_format} files for split '{split}'")
         if self.tasks < 1:
             raise RecipeError(f"tasks must be >= 1, got {self.tasks}")
+        self._validate_max_documents()
+        if self.split_globs is not None:
+            self._validate_split_globs()
+        else:
+            corpus = Path(self.dataset_name)
+            if "://" not in self.dataset_name:
+                if not corpus.is_dir():
+                    raise RecipeError(
+                        f"corpus not found: {corpus}; build it with `python scripts/run_data.py recipes/data_web.yaml`"
+                    )
+                for split in self.splits:
+                    if not _split_files(corpus, split, self.input_format):
+                        raise RecipeError(f"corpus {corpus} has no {self.input_format} files for split '{split}'")
         tokenizer_file(self.tokenizer_name_or_path)
+
+    def _validate_max_documents(self) -> None:
+        for split, limit in (self.max_documents or {}).items():
+            if split not in self.splits:
+                raise RecipeError(f"max_documents names split '{split}', which is not in splits {self.splits}")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise RecipeError(f"max_documents['{split}'] must be a positive integer, got {limit!r}")
+
+    def _validate_split_globs(self) -> None:
+        """Each split has a glob, each glob matches files in dataset_name (listed, also on the Hub), none shared."""
+        globs = self.split_globs or {}
+        for split, pattern in globs.items():
+            if split not in self.splits:
+                raise RecipeError(f"split_globs names split '{split}', which is not in splits {self.splits}")
+            if not isinstance(pattern, str) or not pattern.strip():
+                raise RecipeError(f"split_globs['{split}'] must be a non-empty glob string, got {pattern!r}")
+        missing = [split for split in self.splits if split not in globs]
+        if missing:
+            raise RecipeError(f"split_globs has no glob for split '{missing[0]}' (splits: {self.splits})")
+        if "://" not in self.dataset_name and not Path(self.dataset_name).is_dir():
+            raise RecipeError(f"corpus not found: {self.dataset_name} (a folder holding the files of split_globs)")
+        owner: dict[str, str] = {}
+        for split in self.splits:
+            files = split_glob_files(self.dataset_name, globs[split])
+            if not files:
+                raise RecipeError(f"split_globs['{split}'] = {globs[split]!r} matches no files in {self.dataset_name}")
+            for file in files:
+                if file in owner:
+                    raise RecipeError(
+                        f"split_globs: {file} matches both '{owner[file]}' and '{split}'; a file must belong to one split"
+                    )
+                owner[file] = split
+
+
+def _json_mapping(value: dict | str | None, name: str) -> dict | None:
+    """A mapping field given as YAML (a dict) or on the command line (a JSON string)."""
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise RecipeError(f"{name} is not valid JSON: {err}") from None
+    if not isinstance(parsed, dict):
+        raise RecipeError(f"{name} must be a mapping of split to value, got {value!r}")
+    return parsed
+
+
+def split_glob_files(dataset_name: str, pattern: str) -> list[str]:
+    """The files `pattern` matches inside `dataset_name` (local or any fsspec URL), as datatrove's readers list them."""
+    from datatrove.io import get_datafolder
+
+    try:
+        return get_datafolder(dataset_name).list_files(glob_pattern=pattern)
+    except Exception as err:  # noqa: BLE001 - fsspec backends raise many types; the user needs the cause
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"could not list the files of {dataset_name} for split_globs: {first}") from None
 
 
 def _split_files(corpus: Path, split: str, input_format: str) -> list[Path]:
@@ -98,12 +182,16 @@ def tokenize_corpus(args: TokenizeArguments) -> dict:
     out = Path(args.output_dir)
     counts = {}
     for split in args.splits:
+        limit = (args.max_documents or {}).get(split, -1)
         source = Path(args.dataset_name) / split
-        reader = (
-            reader_cls(str(source), text_key=args.text_column)
-            if source.is_dir()
-            else reader_cls(args.dataset_name, text_key=args.text_column, glob_pattern=f"{split}*")
-        )
+        if args.split_globs is not None:
+            reader = reader_cls(
+                args.dataset_name, text_key=args.text_column, glob_pattern=args.split_globs[split], limit=limit
+            )
+        elif source.is_dir():
+            reader = reader_cls(str(source), text_key=args.text_column, limit=limit)
+        else:
+            reader = reader_cls(args.dataset_name, text_key=args.text_column, glob_pattern=f"{split}*", limit=limit)
         tokenizer = DocumentTokenizer(
             str(out / split),
             tokenizer_file(args.tokenizer_name_or_path),
@@ -112,8 +200,10 @@ def tokenize_corpus(args: TokenizeArguments) -> dict:
             max_tokens_per_file=args.max_tokens_per_file,
         )
         tokenizer.post_processor = separator  # its constructor takes only an eos-after-document token
+        # datatrove's `limit` applies to each task, so a capped split is read by one task to make the cap exact
+        tasks = 1 if limit != -1 else args.tasks
         executor = LocalPipelineExecutor(
-            [reader, tokenizer], tasks=args.tasks, logging_dir=str(out / "logs" / split), skip_completed=True
+            [reader, tokenizer], tasks=tasks, logging_dir=str(out / "logs" / split), skip_completed=True
         )
         executor.run()
         counts[split] = count_tokens(out / split)
@@ -125,6 +215,8 @@ def tokenize_corpus(args: TokenizeArguments) -> dict:
         "eos_token_id": hf_tokenizer.eos_token_id,
         "tokens": counts,
         "source": args.dataset_name,
+        "split_globs": args.split_globs,
+        "max_documents": args.max_documents,
     }
     (out / SHARDS_INFO).write_text(json.dumps(info, indent=1) + "\n")
     return info

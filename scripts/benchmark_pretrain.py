@@ -1,0 +1,161 @@
+"""Pretraining speed: tokens/s and MFU of our Trainer path beside a plain PyTorch loop, on the same model and data.
+
+Usage:
+    python scripts/benchmark_pretrain.py                                   # 125m and 350m on a GPU, default runs
+    python scripts/benchmark_pretrain.py --sizes 350m --runs trainer+compile,plain+compile --output docs/benchmarks.md
+    python scripts/benchmark_pretrain.py --sizes tiny --seq_len 256 --batch_size 8 --steps 8 --warmup_steps 3  # CPU
+
+A run is `trainer` (chatforge.pretrain's PretrainTrainer and PretrainConfig) or `plain` (a hand-written loop),
+plus options joined by `+`: compile, liger, docs (document masking), flex or fa2 (attention kernel). Data are
+random token ids cut into documents by eos tokens, so no tokenizer or download is needed. MFU is model FLOPs
+(matmuls and attention, forward and backward) per second over the bf16 matmul peak measured at the start of
+the same run (fp32 on a CPU). The table is printed and, with `--output`, written between `<!-- pretrain -->`
+markers of that markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+from pathlib import Path
+
+import torch
+import transformers
+
+from chatforge.configs import RecipeError, exit_on_user_error
+from chatforge.flops import training_flops_per_token
+from chatforge.modeling import count_parameters
+from chatforge.report import environment, write_marked_section
+from chatforge.throughput import (
+    OPTIONS,
+    PRESETS,
+    BenchmarkSettings,
+    RunSpec,
+    loader_tokens_per_second,
+    matmul_peak_tflops,
+    model_config,
+    run_benchmark,
+)
+from chatforge.token_shards import TokenBlocks, is_token_shards, read_shards_info
+
+MARK_START, MARK_END = "<!-- pretrain -->", "<!-- /pretrain -->"
+GPU_RUNS = "trainer,plain,trainer+compile,plain+compile,trainer+compile+liger,trainer+compile+docs+flex"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=None, help=f"Model sizes: {', '.join(PRESETS)}.")
+    parser.add_argument(
+        "--runs",
+        default=None,
+        help=f"Comma-separated runs (default on a GPU: {GPU_RUNS}; on a CPU: trainer,plain). "
+        + "; ".join(f"{k}: {v}" for k, v in OPTIONS.items()),
+    )
+    parser.add_argument("--seq_len", type=int, default=2048)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=25, help="Optimizer steps per run, warm-up included.")
+    parser.add_argument("--warmup_steps", type=int, default=5, help="Untimed first steps (compilation).")
+    parser.add_argument("--dataloader_num_workers", type=int, default=2)
+    parser.add_argument(
+        "--token_shards",
+        default=None,
+        help="Also time the data loader alone on these token shards (scripts/tokenize_corpus.py output).",
+    )
+    parser.add_argument("--output", default=None, help="Markdown file to write the table into.")
+    return parser.parse_args()
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{environment()['cpu']} ({torch.get_num_threads()} torch threads)"
+
+
+def main() -> None:
+    args = parse_args()
+    gpu = torch.cuda.is_available()
+    sizes = args.sizes or (["125m", "350m"] if gpu else ["tiny"])
+    specs = [RunSpec.parse(name) for name in (args.runs or (GPU_RUNS if gpu else "trainer,plain")).split(",")]
+    settings = BenchmarkSettings(
+        seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
+        dataloader_num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
+    settings.validate()
+    for size in sizes:
+        model_config(size, settings.seq_len)  # unknown sizes fail here, before the first timed run
+    for spec in specs:
+        spec.check_installed()
+    loader_note = ""
+    if args.token_shards:
+        if not is_token_shards(args.token_shards):
+            raise RecipeError(f"--token_shards {args.token_shards}: no token_shards.json (scripts/tokenize_corpus.py)")
+        info = read_shards_info(args.token_shards)
+        blocks = TokenBlocks(Path(args.token_shards) / "train", settings.seq_len, info["token_size"])
+        rate = loader_tokens_per_second(blocks, settings)
+        loader_note = (
+            f" Data loader alone on {args.token_shards} (train split, shuffled, {settings.dataloader_num_workers} "
+            f"workers): {rate:,.0f} tokens/s."
+        )
+        print(loader_note.strip())
+
+    dtype = torch.bfloat16 if settings.bf16 else torch.float32
+    peak = matmul_peak_tflops(dtype)
+    print(f"measured {str(dtype).removeprefix('torch.')} matmul peak: {peak:.1f} TFLOP/s on {device_name()}")
+    rows = []
+    for size in sizes:
+        config = model_config(size, settings.seq_len)
+        with torch.device("meta"):
+            params = count_parameters(transformers.AutoModelForCausalLM.from_config(config))
+        gflop = training_flops_per_token(config, settings.seq_len) / 1e9
+        plain = {}
+        for spec in specs:
+            result = run_benchmark(spec, size, settings)
+            result["mfu"] = result["tflops"] / peak
+            plain_key = "+".join(sorted(spec.options))
+            if spec.loop == "plain":
+                plain[plain_key] = result["tokens_per_second"]
+            rows.append((size, params, gflop, spec, result, plain_key))
+            print(
+                f"{size} {spec.name}: {result['tokens_per_second']:,.0f} tokens/s, MFU {result['mfu']:.1%}, "
+                f"loss {result['mean_loss']:.4f}"
+            )
+        for row in rows:  # the Trainer against the plain loop with the same options
+            if row[0] == size and row[3].loop == "trainer" and row[5] in plain:
+                row[4]["vs_plain"] = row[4]["tokens_per_second"] / plain[row[5]]
+
+    env = environment()
+    lines = [
+        f"Device: {device_name()}; measured {str(dtype).removeprefix('torch.')} matmul peak {peak:.1f} TFLOP/s; "
+        f"{'bf16 autocast' if settings.bf16 else 'fp32'}; sequence {settings.seq_len}, batch {settings.batch_size}, "
+        f"{settings.steps - settings.warmup_steps} timed steps after {settings.warmup_steps} warm-up; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, commit {env.get('git commit', '?')}, "
+        f"{datetime.date.today()}.{loader_note}",
+        "",
+        "| model | parameters | GFLOP/token | run | tokens/s | step (ms) | TFLOP/s | MFU | vs plain loop "
+        "| peak memory (GiB) | mean loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, params, gflop, spec, r, _ in rows:
+        memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
+        ratio = f"{r['vs_plain']:.3f}" if "vs_plain" in r else "-"
+        lines.append(
+            f"| {size} | {params / 1e6:.1f}M | {gflop:.3f} | {spec.name} | {r['tokens_per_second']:,.0f} "
+            f"| {1000 * r['step_seconds']:.1f} | {r['tflops']:.2f} | {r['mfu']:.1%} | {ratio} | {memory} "
+            f"| {r['mean_loss']:.4f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.output:
+        write_marked_section(Path(args.output), MARK_START, MARK_END, "Pretraining: tokens/s and MFU", table)
+        print(f"written to {args.output}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    transformers.logging.set_verbosity_error()
+    with exit_on_user_error():
+        try:
+            main()
+        except torch.cuda.OutOfMemoryError as err:
+            raise RecipeError(f"out of GPU memory ({err}); lower --batch_size or pick a smaller --sizes") from None

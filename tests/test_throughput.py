@@ -1,0 +1,125 @@
+"""Pretraining speed tooling: the FLOP count behind MFU, document masking, and the Trainer-vs-plain-loop benchmark."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import one_line_error, run_script
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from chatforge.data import BlockCollator, document_position_ids
+from chatforge.flops import training_flops_per_token
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_config(attn: str = "eager", vocab_size: int = 512):
+    config = AutoConfig.for_model(
+        "qwen3", vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, use_cache=False,
+    )  # fmt: skip  # as training runs it: with a KV cache, transformers ignores document position ids
+    config._attn_implementation = attn
+    return config
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_training_flops_equal_counted_flops(tie: bool) -> None:
+    """The analytic count (6 x matmul weights + attention) equals what torch counts for forward + backward."""
+    config = tiny_config()
+    config.tie_word_embeddings = tie
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    ids = torch.randint(0, config.vocab_size, (3, 96))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert counter.get_total_flops() == pytest.approx(training_flops_per_token(config, 96) * ids.numel(), rel=1e-9)
+
+
+def test_document_position_ids_restart_at_each_separator() -> None:
+    ids = torch.tensor([[5, 6, 0, 7, 8, 9, 0, 0, 4], [0, 3, 3, 3, 0, 2, 2, 2, 2]])
+    expected = torch.tensor([[0, 1, 0, 1, 2, 3, 0, 0, 1], [0, 1, 2, 3, 0, 1, 2, 3, 4]])
+    assert torch.equal(document_position_ids(ids, separator_id=0), expected)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_document_masking_keeps_attention_within_documents(attn: str) -> None:
+    """A document packed after another predicts exactly as it does alone with masking, and differently without."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(attn), attn_implementation=attn).eval()
+    first, second = torch.randint(2, 512, (10,)), torch.randint(2, 512, (12,))
+    eos = torch.tensor([0])
+    block = torch.cat([eos, first, eos, second])
+    alone = torch.cat([eos, second])
+    with torch.no_grad():
+        reference = model(input_ids=alone[None]).logits[0]
+        masked_batch = BlockCollator(0, document_masking=True)([{"input_ids": block}])
+        masked = model(input_ids=masked_batch["input_ids"], position_ids=masked_batch["position_ids"]).logits[0]
+        plain = model(**{k: v for k, v in BlockCollator(0)([{"input_ids": block}]).items() if k != "labels"})
+    assert "attention_mask" not in masked_batch
+    assert torch.allclose(masked[-len(alone) :], reference, atol=1e-5)
+    assert not torch.allclose(plain.logits[0][-len(alone) :], reference, atol=1e-3)
+    assert torch.allclose(masked[: len(first) + 1], plain.logits[0][: len(first) + 1], atol=1e-5)  # first doc same
+
+
+def read_table(markdown: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+    return {row["run"]: row for row in rows}
+
+
+def test_benchmark_compares_trainer_and_plain_loop_on_the_same_work(tmp_path: Path) -> None:
+    """Both loops train the same model on the same batches: equal losses, so their speeds compare fairly."""
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nkept text\n")
+    args = ["--sizes", "tiny", "--seq_len", "128", "--batch_size", "4", "--steps", "6", "--warmup_steps", "2"]
+    args += ["--runs", "trainer,plain,trainer+docs", "--dataloader_num_workers", "0", "--output", str(out)]
+    for _ in range(2):  # the second run replaces the first table
+        result = run_script("benchmark_pretrain.py", *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert text.count("<!-- pretrain -->") == 1 and "kept text" in text
+    rows = read_table(text.split("<!-- pretrain -->")[1])
+    assert set(rows) == {"trainer", "plain", "trainer+docs"}
+    for row in rows.values():
+        assert float(row["tokens/s"].replace(",", "")) > 0
+        assert 0 < float(row["MFU"].rstrip("%")) <= 100
+    assert float(rows["trainer"]["mean loss"]) == pytest.approx(float(rows["plain"]["mean loss"]), abs=2e-3)
+    assert float(rows["trainer"]["vs plain loop"]) > 0 and rows["plain"]["vs plain loop"] == "-"
+    assert re.search(r"measured float32 matmul peak [\d.]+ TFLOP/s", text)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--runs", "trainer+turbo"], "unknown option 'turbo'"),
+        (["--runs", "adam"], "must start with 'trainer' or 'plain'"),
+        (["--sizes", "7b"], "unknown model size '7b'"),
+        (["--steps", "3", "--warmup_steps", "3"], "--warmup_steps must be in [1, steps)"),
+        pytest.param(
+            ["--runs", "trainer+liger"],
+            "Liger kernels are Triton GPU kernels",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message"),
+        ),
+    ],
+)
+def test_benchmark_bad_arguments_fail_in_one_line(args: list[str], expected: str) -> None:
+    line = one_line_error(run_script("benchmark_pretrain.py", "--sizes", "tiny", *args))
+    assert expected in line
+
+
+def test_loader_throughput_and_too_few_batches() -> None:
+    """The loader check measures shuffled, collated batches, and says when the data cannot fill two batches."""
+    from chatforge.configs import RecipeError
+    from chatforge.throughput import BenchmarkSettings, RandomDocuments, loader_tokens_per_second
+
+    settings = BenchmarkSettings(seq_len=64, batch_size=4, dataloader_num_workers=0)
+    data = RandomDocuments(40, 64, vocab_size=300, mean_document_tokens=20)
+    assert 40 * 64 / 40 < (data.blocks == 0).sum() < 40 * 64 / 10 and data.blocks.max() < 300  # documents, vocab
+    assert loader_tokens_per_second(data, settings) > 0
+    with pytest.raises(RecipeError, match="fewer than 2 batches of 4 x 64"):
+        loader_tokens_per_second(RandomDocuments(5, 64, vocab_size=300), settings)
