@@ -11,8 +11,10 @@ from conftest import one_line_error, run_script
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from chatforge.configs import RecipeError
 from chatforge.data import BlockCollator, document_position_ids
 from chatforge.flops import training_flops_per_token
+from chatforge.throughput import BenchmarkSettings, RunSpec, model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,14 +77,14 @@ def read_table(markdown: str) -> dict[str, dict[str, str]]:
 def test_benchmark_compares_trainer_and_plain_loop_on_the_same_work(tmp_path: Path) -> None:
     """Both loops train the same model on the same batches: equal losses, so their speeds compare fairly."""
     out = tmp_path / "benchmarks.md"
-    out.write_text("# Benchmarks\n\nkept text\n")
+    out.write_text("# Benchmarks\n\nkept text\n\n<!-- pretrain -->\nan old table\n<!-- /pretrain -->\n\nkept too\n")
     args = ["--sizes", "tiny", "--seq_len", "128", "--batch_size", "4", "--steps", "6", "--warmup_steps", "2"]
     args += ["--runs", "trainer,plain,trainer+docs", "--dataloader_num_workers", "0", "--output", str(out)]
-    for _ in range(2):  # the second run replaces the first table
-        result = run_script("benchmark_pretrain.py", *args)
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("benchmark_pretrain.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
-    assert text.count("<!-- pretrain -->") == 1 and "kept text" in text
+    assert text.count("<!-- pretrain -->") == 1 and "kept text" in text and "kept too" in text
+    assert "an old table" not in text  # replaced
     rows = read_table(text.split("<!-- pretrain -->")[1])
     assert set(rows) == {"trainer", "plain", "trainer+docs"}
     for row in rows.values():
@@ -93,29 +95,34 @@ def test_benchmark_compares_trainer_and_plain_loop_on_the_same_work(tmp_path: Pa
     assert re.search(r"measured float32 matmul peak [\d.]+ TFLOP/s", text)
 
 
+def test_benchmark_bad_run_fails_in_one_line_before_any_work() -> None:
+    line = one_line_error(run_script("benchmark_pretrain.py", "--sizes", "tiny", "--runs", "trainer,trainer+turbo"))
+    assert "unknown option 'turbo'" in line and "compile" in line
+
+
 @pytest.mark.parametrize(
-    ("args", "expected"),
+    ("make", "expected"),
     [
-        (["--runs", "trainer+turbo"], "unknown option 'turbo'"),
-        (["--runs", "adam"], "must start with 'trainer' or 'plain'"),
-        (["--sizes", "7b"], "unknown model size '7b'"),
-        (["--steps", "3", "--warmup_steps", "3"], "--warmup_steps must be in [1, steps)"),
+        (lambda: RunSpec.parse("adam"), "must start with 'trainer' or 'plain'"),
+        (lambda: RunSpec.parse("plain+flex+fa2"), "choose one of flex and fa2"),
+        (lambda: model_config("7b", 2048), "unknown model size '7b'"),
+        (lambda: BenchmarkSettings(steps=3, warmup_steps=3).validate(), "--warmup_steps must be in [1, steps)"),
+        (lambda: BenchmarkSettings(batch_size=0).validate(), "--batch_size must be at least 1"),
         pytest.param(
-            ["--runs", "trainer+liger"],
+            lambda: RunSpec.parse("trainer+liger").check_installed(),
             "Liger kernels are Triton GPU kernels",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message"),
         ),
     ],
 )
-def test_benchmark_bad_arguments_fail_in_one_line(args: list[str], expected: str) -> None:
-    line = one_line_error(run_script("benchmark_pretrain.py", "--sizes", "tiny", *args))
-    assert expected in line
+def test_benchmark_bad_settings_are_named(make, expected: str) -> None:
+    with pytest.raises(RecipeError, match=re.escape(expected)):
+        make()
 
 
 def test_loader_throughput_and_too_few_batches() -> None:
     """The loader check measures shuffled, collated batches, and says when the data cannot fill two batches."""
-    from chatforge.configs import RecipeError
-    from chatforge.throughput import BenchmarkSettings, RandomDocuments, loader_tokens_per_second
+    from chatforge.throughput import RandomDocuments, loader_tokens_per_second
 
     settings = BenchmarkSettings(seq_len=64, batch_size=4, dataloader_num_workers=0)
     data = RandomDocuments(40, 64, vocab_size=300, mean_document_tokens=20)

@@ -15,7 +15,7 @@ from chatforge.data import looks_local
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
-from chatforge.outputs import save_stage_folder
+from chatforge.outputs import save_stage_folder, save_weights
 from chatforge.pretrain import resolve_checkpoint
 from chatforge.reward import _spec, check_model_path, load_train_test_pairs
 
@@ -111,6 +111,7 @@ def train(
         metrics.update({k: v for k, v in after.items() if isinstance(v, float)})
         for example in after["examples"]:
             logger.info("judge %.1f | %r -> %r", example["score"], example["question"], example["reply"])
+    save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():
         save_dpo_model(trainer, tokenizer, metrics, script_args, model_args)
     trainer.accelerator.wait_for_everyone()

@@ -32,7 +32,7 @@ from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.math_data import MATH_FORMATS, load_math_problems
 from chatforge.model_card import write_model_card
-from chatforge.outputs import save_stage_folder
+from chatforge.outputs import save_stage_folder, save_weights
 from chatforge.plots import plot_curves
 from chatforge.pretrain import resolve_checkpoint
 from chatforge.rewards import REWARDS, get_reward_funcs
@@ -361,6 +361,7 @@ def train(
         metrics.update({k: v for k, v in after.items() if not k.endswith("examples")})
         for ex in next(v for k, v in after.items() if k.endswith("examples")):
             logger.info("%s %r -> %r", "ok " if ex["correct"] else "BAD", ex["question"], ex["completion"])
+    save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():
         save_grpo_model(trainer, tokenizer, metrics, script_args, model_args)
     trainer.accelerator.wait_for_everyone()

@@ -11,6 +11,15 @@ from chatforge.plots import plot_loss_curves
 from chatforge.tokenizer import make_portable
 
 
+def save_weights(trainer: Trainer) -> None:
+    """Write the final weights (or adapter) to output_dir. Call it on every rank: under FSDP or DeepSpeed ZeRO-3
+    the full weights are gathered from all ranks (FSDP switches from sharded checkpoints to a full state dict for
+    this save), and only the main process writes."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(trainer.args.output_dir)
+
+
 def save_stage_folder(
     trainer: Trainer,
     tokenizer: PreTrainedTokenizerBase,
@@ -18,10 +27,9 @@ def save_stage_folder(
     generation_config: GenerationConfig | None,
     plot_title: str,
 ) -> Path:
-    """Save weights (or adapter), tokenizer, generation config (None for models that do not generate, such as
-    reward models), metrics.json, trainer state and loss plot."""
+    """On the main process, after `save_weights` on every rank: the tokenizer, generation config (None for models
+    that do not generate, such as reward models), metrics.json, trainer state and loss plot."""
     out = Path(trainer.args.output_dir)
-    trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     make_portable(out)
     if generation_config is not None:

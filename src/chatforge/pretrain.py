@@ -27,7 +27,7 @@ from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
 from chatforge.modeling import ArchitectureArguments, build_model, build_model_config, count_parameters
-from chatforge.outputs import save_stage_folder
+from chatforge.outputs import save_stage_folder, save_weights
 from chatforge.token_shards import bytes_per_token, is_token_shards, load_token_blocks
 
 logger = logging.getLogger(__name__)
@@ -293,6 +293,7 @@ def train(
                 "fact %s | %r -> %r", "ok " if example["ok"] else "BAD", example["prompt"], example["completion"]
             )
 
+    save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():
         save_pretrained_model(trainer, tokenizer, metrics, script_args, arch)
     trainer.accelerator.wait_for_everyone()

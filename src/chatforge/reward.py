@@ -24,7 +24,7 @@ from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local, require_model
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
-from chatforge.outputs import save_stage_folder
+from chatforge.outputs import save_stage_folder, save_weights
 from chatforge.pretrain import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -199,6 +199,7 @@ def train(
         if "per_kind" in after:
             metrics["pairwise_accuracy_per_kind"] = after["per_kind"]
         logger.info("pairwise accuracy after training: %.3f %s", after["accuracy"], after.get("per_kind", ""))
+    save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():
         save_reward_model(trainer, tokenizer, metrics, script_args, model_args)
     trainer.accelerator.wait_for_everyone()

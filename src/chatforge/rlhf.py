@@ -37,7 +37,7 @@ from chatforge.data import looks_local, require_model
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
-from chatforge.outputs import save_stage_folder
+from chatforge.outputs import save_stage_folder, save_weights
 from chatforge.plots import plot_curves
 from chatforge.pretrain import resolve_checkpoint
 from chatforge.reward import _spec, check_model_path, load_pairs, score_replies
@@ -317,6 +317,7 @@ def train(
     if curve:
         metrics["judge_curve"] = curve
         metrics.update({f"final_{k}": v for k, v in curve[-1].items() if k.endswith("_correct")})
+    save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():
         save_rlhf_model(trainer, tokenizer, metrics, script_args, model_args)
     trainer.accelerator.wait_for_everyone()

@@ -20,7 +20,7 @@ from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.mixtures import load_mixture
 from chatforge.model_card import write_model_card
-from chatforge.outputs import save_stage_folder
+from chatforge.outputs import save_stage_folder, save_weights
 from chatforge.pretrain import resolve_checkpoint
 from chatforge.replay import mix_in_replay, tokenize_conversations
 from chatforge.tokenizer import make_portable
@@ -199,6 +199,7 @@ def train(
             for ex in examples:
                 logger.info("%s %s | %r -> %r", kind, "ok " if ex["ok"] else "BAD", ex["question"], ex["reply"])
 
+    save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():
         save_sft_model(trainer, tokenizer, metrics, script_args, model_args)
         if model_args.use_peft and script_args.merge_adapter:
