@@ -26,7 +26,7 @@ import transformers
 from chatforge.configs import RecipeError, exit_on_user_error
 from chatforge.flops import training_flops_per_token
 from chatforge.modeling import count_parameters
-from chatforge.report import environment, write_marked_section
+from chatforge.report import device_name, environment, write_marked_section
 from chatforge.throughput import (
     OPTIONS,
     PRESETS,
@@ -64,12 +64,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--output", default=None, help="Markdown file to write the table into.")
     return parser.parse_args()
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{environment()['cpu']} ({torch.get_num_threads()} torch threads)"
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chatforge.configs import RecipeError, exit_on_user_error
 from chatforge.generation import HFGenerator, SamplingArguments, chat_stop_token_ids
-from chatforge.report import environment, write_marked_section
+from chatforge.report import device_name, environment, write_marked_section
 from chatforge.vllm_backend import VLLMGenerator, VLLMSettings, require_vllm
 
 MARK_START, MARK_END = "<!-- rollouts -->", "<!-- /rollouts -->"
@@ -41,12 +41,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", default="hf,vllm")
     parser.add_argument("--output", default=None, help="Markdown file to write the table into.")
     return parser.parse_args()
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{environment()['cpu']} ({torch.get_num_threads()} torch threads)"
 
 
 def run(generator, tokenizer, prompts: list[str], settings: SamplingArguments, repeats: int) -> dict:

@@ -244,6 +244,15 @@ def write_report(runs: list[StageRun], path: str | Path, title: str = "chatforge
     return path
 
 
+def device_name() -> str:
+    """The GPU's name, or the CPU's with the torch threads in use: what a benchmark table says it ran on."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{environment()['cpu']} ({torch.get_num_threads()} torch threads)"
+
+
 def write_marked_section(path: Path, start: str, end: str, heading: str, table: str) -> None:
     """Put `table` between the `start`/`end` markers of a markdown file (replacing what was there), or append it
     under `## heading` when the file has no such markers yet. Benchmark scripts keep their tables current so."""

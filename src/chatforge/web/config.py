@@ -112,7 +112,7 @@ class WebDataArguments:
             if getattr(self, name) in ("", "null", "None"):
                 setattr(self, name, None)
         for name in KWARGS_FIELDS:
-            setattr(self, name, _as_dict(name, getattr(self, name)))
+            setattr(self, name, as_mapping(name, getattr(self, name)))
 
     def validate(self) -> None:
         """Check every setting before any work; raise RecipeError naming the field and what was expected."""
@@ -174,17 +174,17 @@ KWARGS_FIELDS = (
 )
 
 
-def _as_dict(name: str, value: dict | str | None) -> dict:
-    """A mapping field given in YAML (a dict) or on the command line (a JSON string)."""
+def as_mapping(name: str, value: dict | str | None) -> dict:
+    """A mapping field given in YAML (a dict) or on the command line (a JSON string); empty when unset."""
     if value in (None, "", "null", "None"):
         return {}
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise RecipeError(f"{name} is not a JSON object: {err}") from None
+            raise RecipeError(f"{name} is not valid JSON: {err}") from None
     if not isinstance(value, dict):
-        raise RecipeError(f"{name} must be a mapping of argument: value, got {type(value).__name__}")
+        raise RecipeError(f"{name} must be a mapping (key: value), got {type(value).__name__}")
     return value
 
 

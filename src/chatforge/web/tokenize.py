@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatforge.configs import RecipeError, none_if_null
+from chatforge.web.config import as_mapping
 
 logger = logging.getLogger(__name__)
 SHARDS_INFO = "token_shards.json"  # written next to the split folders: what pretraining needs to read them
@@ -58,8 +59,8 @@ class TokenizeArguments:
 
     def __post_init__(self) -> None:
         none_if_null(self, "split_globs", "max_documents")
-        self.split_globs = _json_mapping(self.split_globs, "split_globs")
-        self.max_documents = _json_mapping(self.max_documents, "max_documents")
+        self.split_globs = as_mapping("split_globs", self.split_globs) or None
+        self.max_documents = as_mapping("max_documents", self.max_documents) or None
 
     def validate(self) -> None:
         """Clear errors before any work: the corpus, its splits and the tokenizer must exist."""
@@ -113,19 +114,6 @@ class TokenizeArguments:
                         f"split_globs: {file} matches both '{owner[file]}' and '{split}'; a file must belong to one split"
                     )
                 owner[file] = split
-
-
-def _json_mapping(value: dict | str | None, name: str) -> dict | None:
-    """A mapping field given as YAML (a dict) or on the command line (a JSON string)."""
-    if value is None or isinstance(value, dict):
-        return value
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise RecipeError(f"{name} is not valid JSON: {err}") from None
-    if not isinstance(parsed, dict):
-        raise RecipeError(f"{name} must be a mapping of split to value, got {value!r}")
-    return parsed
 
 
 def split_glob_files(dataset_name: str, pattern: str) -> list[str]:
