@@ -32,7 +32,6 @@ from chatforge.tokenizer import (
     load_chat_template,
     save_tokenizer,
     show_tokens,
-    stream_corpus,
     train_tokenizer,
 )
 
@@ -55,10 +54,9 @@ def main(args: TokenizerScriptArguments) -> None:
         raise RecipeError("push_to_hub is true but hub_model_id is not set")
     splits = [args.train_split] + ([args.eval_split] if args.eval_split else [])
     optional = (args.eval_split,) if args.eval_split else ()
-    if args.streaming:
-        corpus = stream_corpus(args.dataset_name, splits, args.text_column, args.dataset_config, optional)
-    else:
-        corpus = load_corpus(args.dataset_name, splits, args.text_column, args.dataset_config, optional)
+    corpus = load_corpus(
+        args.dataset_name, splits, args.text_column, args.dataset_config, optional, streaming=args.streaming
+    )
     train = corpus[args.train_split]
     evaluation = corpus.get(args.eval_split) if args.eval_split else None
     if args.eval_split and evaluation is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from chatforge.configs import RecipeError
@@ -34,11 +34,13 @@ def load_corpus(
     config: str | None = None,
     optional_splits: tuple[str, ...] = (),
     hint: str = "create it with `python scripts/run_data.py recipes/data.yaml`",
-) -> DatasetDict:
+    streaming: bool = False,
+) -> DatasetDict | IterableDatasetDict:
     """Load `splits` of a text corpus and check each exists, is non-empty and has `text_column`.
 
     `name` is a local folder of parquet/jsonl files, a `save_to_disk` folder, or a Hub id. Splits listed
-    in `optional_splits` are left out, not an error, when the corpus lacks them.
+    in `optional_splits` are left out, not an error, when the corpus lacks them. With `streaming`, each split
+    is an `IterableDataset` read as it is iterated (a Hub corpus is never downloaded whole).
     """
     path = Path(name).expanduser()
     if not path.exists() and looks_local(name):
@@ -49,7 +51,7 @@ def load_corpus(
         if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
             loaded = load_from_disk(str(path))
         else:
-            loaded = load_dataset(str(path) if path.exists() else name, config)
+            loaded = load_dataset(str(path) if path.exists() else name, config, streaming=streaming)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the name and the cause
         empty = _empty_data_files(path) if path.is_dir() else []
         if empty:
@@ -58,23 +60,35 @@ def load_corpus(
     finally:
         if progress_was_on:
             datasets.enable_progress_bars()
-    if isinstance(loaded, Dataset):
-        loaded = DatasetDict({"train": loaded})
-    result = DatasetDict()
+    if isinstance(loaded, (Dataset, IterableDataset)):
+        loaded = {"train": loaded}
+    result = IterableDatasetDict() if streaming else DatasetDict()
     for split in splits:
         if split not in loaded:
             if split in optional_splits:
                 continue
             raise RecipeError(f"dataset '{name}' has no split '{split}'; it has {sorted(loaded)}")
         dataset = loaded[split]
-        if len(dataset) == 0:
+        if streaming and isinstance(dataset, Dataset):  # a save_to_disk folder is local already; stream it anyway
+            dataset = dataset.to_iterable_dataset()
+        columns = _columns(dataset)
+        if columns is None:
             raise RecipeError(f"dataset '{name}' split '{split}' is empty")
-        if text_column not in dataset.column_names:
-            raise RecipeError(
-                f"dataset '{name}' split '{split}' has no column '{text_column}'; columns: {dataset.column_names}"
-            )
+        if text_column not in columns:
+            raise RecipeError(f"dataset '{name}' split '{split}' has no column '{text_column}'; columns: {columns}")
         result[split] = dataset
     return result
+
+
+def _columns(dataset: Dataset | IterableDataset) -> list[str] | None:
+    """The column names of a split, or None when it has no rows. A stream whose features are unknown until read
+    (JSON files) is asked for its first row."""
+    if isinstance(dataset, Dataset):
+        return dataset.column_names if len(dataset) else None
+    if dataset.column_names is not None:
+        return dataset.column_names
+    first_row = next(iter(dataset), None)
+    return None if first_row is None else list(first_row)
 
 
 def _empty_data_files(folder: Path) -> list[str]:

@@ -176,54 +176,6 @@ def build_backend() -> Tokenizer:
     return tokenizer
 
 
-def stream_corpus(
-    name: str,
-    splits: list[str],
-    text_column: str = "text",
-    config: str | None = None,
-    optional_splits: tuple[str, ...] = (),
-) -> dict[str, datasets.IterableDataset]:
-    """`splits` of a corpus as streams (`load_dataset(..., streaming=True)`): a Hub dataset is read file by file
-    as it is iterated, never downloaded whole. Checks that each split exists and has `text_column`."""
-    import datasets
-
-    from chatforge.data import looks_local
-
-    path = Path(name).expanduser()
-    if not path.exists() and looks_local(name):
-        raise RecipeError(f"dataset not found: {name}")
-    try:
-        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-            loaded = datasets.load_from_disk(str(path))  # a save_to_disk folder: already local, stream it anyway
-            loaded = (
-                {"train": loaded.to_iterable_dataset()}
-                if isinstance(loaded, datasets.Dataset)
-                else {split: ds.to_iterable_dataset() for split, ds in loaded.items()}
-            )
-        else:
-            loaded = datasets.load_dataset(str(path) if path.exists() else name, config, streaming=True)
-    except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the name and the cause
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RecipeError(f"could not stream dataset '{name}' (config {config!r}): {first}") from None
-    result = {}
-    for split in splits:
-        if split not in loaded:
-            if split in optional_splits:
-                continue
-            raise RecipeError(f"dataset '{name}' (config {config!r}) has no split '{split}'; it has {sorted(loaded)}")
-        stream = loaded[split]
-        columns = stream.column_names
-        if columns is None:  # features unknown until read (e.g. JSON files): look at the first row
-            first_row = next(iter(stream), None)
-            if first_row is None:
-                raise RecipeError(f"dataset '{name}' split '{split}' is empty")
-            columns = list(first_row)
-        if text_column not in columns:
-            raise RecipeError(f"dataset '{name}' split '{split}' has no column '{text_column}'; columns: {columns}")
-        result[split] = stream
-    return result
-
-
 def corpus_texts(
     dataset: datasets.Dataset | datasets.IterableDataset, text_column: str, limit: int | None = None
 ) -> Iterator[str]:
