@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +37,7 @@ from chatforge.throughput import (
     loader_tokens_per_second,
     matmul_peak_tflops,
     model_config,
+    release,
     run_benchmark,
 )
 from chatforge.token_shards import TokenBlocks, is_token_shards, read_shards_info
@@ -62,8 +65,110 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="Also time the data loader alone on these token shards (scripts/tokenize_corpus.py output).",
     )
-    parser.add_argument("--output", default=None, help="Markdown file to write the table into.")
+    parser.add_argument(
+        "--time_budget",
+        type=float,
+        default=None,
+        help="Seconds: start no run after this much time (for a short GPU lease); skipped runs are listed as such.",
+    )
+    parser.add_argument(
+        "--output", default=None, help="Markdown file to write the table into (rewritten after every run)."
+    )
     return parser.parse_args()
+
+
+@dataclass
+class Row:
+    """One run of one model size: its timings, or why it has none."""
+
+    size: str
+    params: int
+    gflop: float
+    spec: RunSpec
+    result: dict | None = None
+    note: str = ""  # why there is no result: the run failed, or the time budget was spent
+
+    @property
+    def plain_key(self) -> str:
+        """The plain-loop run this one compares with: the same options."""
+        return "+".join(sorted(self.spec.options))
+
+
+def run_all(
+    sizes: list[str], specs: list[RunSpec], settings: BenchmarkSettings, peak: float, write, time_budget=None
+) -> list[Row]:
+    """Every run of every size, run by run in the order given (so under a time budget the first runs cover every
+    size). A run that fails (out of memory, a kernel that does not compile) is noted in its row; the others go on."""
+    rows = []
+    for size in sizes:
+        config = model_config(size, settings.seq_len)
+        with torch.device("meta"):
+            params = count_parameters(transformers.AutoModelForCausalLM.from_config(config))
+        gflop = training_flops_per_token(config, settings.seq_len) / 1e9
+        rows += [Row(size, params, gflop, spec) for spec in specs]
+    start = time.perf_counter()
+    for row in sorted(rows, key=lambda r: specs.index(r.spec)):
+        if time_budget is not None and time.perf_counter() - start > time_budget:
+            row.note = f"skipped: --time_budget {time_budget:g} s spent"
+            continue
+        try:
+            row.result = run_benchmark(row.spec, row.size, settings)
+            row.result["mfu"] = row.result["tflops"] / peak
+        except torch.cuda.OutOfMemoryError:
+            row.note = f"out of GPU memory at batch {settings.batch_size}"
+        except Exception as err:  # noqa: BLE001 - one broken run must not cost the others' timings
+            logging.exception("%s %s failed", row.size, row.spec.name)
+            row.note = f"failed: {type(err).__name__}: {first_line(err)}"
+        finally:
+            release()
+        print(f"{row.size} {row.spec.name}: {summary(row)}", flush=True)
+        write(rows)  # after every run, so an interrupted benchmark keeps what it measured
+    write(rows)
+    return rows
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else ""
+
+
+def summary(row: Row) -> str:
+    r = row.result
+    if r is None:
+        return row.note
+    return f"{r['tokens_per_second']:,.0f} tokens/s, MFU {r['mfu']:.1%}, loss {r['mean_loss']:.4f}"
+
+
+def table(rows: list[Row], settings: BenchmarkSettings, peak: float, loader_note: str) -> str:
+    """The markdown table: one line per run, grouped by model size; the Trainer against the plain loop."""
+    plain = {(r.size, r.plain_key): r.result["tokens_per_second"] for r in rows if r.result and r.spec.loop == "plain"}
+    dtype = "bfloat16" if settings.bf16 else "float32"
+    env = environment()
+    lines = [
+        f"Device: {device_name()}; measured {dtype} matmul peak {peak:.1f} TFLOP/s; "
+        f"{'bf16 autocast' if settings.bf16 else 'fp32'}; sequence {settings.seq_len}, batch {settings.batch_size}, "
+        f"{settings.steps - settings.warmup_steps} timed steps after {settings.warmup_steps} warm-up; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, commit {env.get('git commit', '?')}, "
+        f"{datetime.date.today()}.{loader_note}",
+        "",
+        "| model | parameters | GFLOP/token | run | tokens/s | step (ms) | TFLOP/s | MFU | vs plain loop "
+        "| peak memory (GiB) | mean loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        head = f"| {row.size} | {row.params / 1e6:.1f}M | {row.gflop:.3f} | {row.spec.name} "
+        r = row.result
+        if r is None:
+            lines.append(head + f"| {row.note} | | | | | | |")
+            continue
+        base = plain.get((row.size, row.plain_key)) if row.spec.loop == "trainer" else None
+        ratio = f"{r['tokens_per_second'] / base:.3f}" if base else "-"
+        memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
+        lines.append(
+            head + f"| {r['tokens_per_second']:,.0f} | {1000 * r['step_seconds']:.1f} | {r['tflops']:.2f} "
+            f"| {r['mfu']:.1%} | {ratio} | {memory} | {r['mean_loss']:.4f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -76,6 +181,10 @@ def main() -> None:
         dataloader_num_workers=args.dataloader_num_workers,
     )  # fmt: skip
     settings.validate()
+    if len({spec.name for spec in specs}) < len(specs):
+        raise RecipeError(f"--runs {args.runs}: a run is named twice")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise RecipeError(f"--time_budget must be positive seconds, got {args.time_budget}")
     for size in sizes:
         model_config(size, settings.seq_len)  # unknown sizes fail here, before the first timed run
     for spec in specs:
@@ -96,53 +205,18 @@ def main() -> None:
     dtype = torch.bfloat16 if settings.bf16 else torch.float32
     peak = matmul_peak_tflops(dtype)
     print(f"measured {str(dtype).removeprefix('torch.')} matmul peak: {peak:.1f} TFLOP/s on {device_name()}")
-    rows = []
-    for size in sizes:
-        config = model_config(size, settings.seq_len)
-        with torch.device("meta"):
-            params = count_parameters(transformers.AutoModelForCausalLM.from_config(config))
-        gflop = training_flops_per_token(config, settings.seq_len) / 1e9
-        plain = {}
-        for spec in specs:
-            result = run_benchmark(spec, size, settings)
-            result["mfu"] = result["tflops"] / peak
-            plain_key = "+".join(sorted(spec.options))
-            if spec.loop == "plain":
-                plain[plain_key] = result["tokens_per_second"]
-            rows.append((size, params, gflop, spec, result, plain_key))
-            print(
-                f"{size} {spec.name}: {result['tokens_per_second']:,.0f} tokens/s, MFU {result['mfu']:.1%}, "
-                f"loss {result['mean_loss']:.4f}"
-            )
-        for row in rows:  # the Trainer against the plain loop with the same options
-            if row[0] == size and row[3].loop == "trainer" and row[5] in plain:
-                row[4]["vs_plain"] = row[4]["tokens_per_second"] / plain[row[5]]
 
-    env = environment()
-    lines = [
-        f"Device: {device_name()}; measured {str(dtype).removeprefix('torch.')} matmul peak {peak:.1f} TFLOP/s; "
-        f"{'bf16 autocast' if settings.bf16 else 'fp32'}; sequence {settings.seq_len}, batch {settings.batch_size}, "
-        f"{settings.steps - settings.warmup_steps} timed steps after {settings.warmup_steps} warm-up; "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, commit {env.get('git commit', '?')}, "
-        f"{datetime.date.today()}.{loader_note}",
-        "",
-        "| model | parameters | GFLOP/token | run | tokens/s | step (ms) | TFLOP/s | MFU | vs plain loop "
-        "| peak memory (GiB) | mean loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for size, params, gflop, spec, r, _ in rows:
-        memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
-        ratio = f"{r['vs_plain']:.3f}" if "vs_plain" in r else "-"
-        lines.append(
-            f"| {size} | {params / 1e6:.1f}M | {gflop:.3f} | {spec.name} | {r['tokens_per_second']:,.0f} "
-            f"| {1000 * r['step_seconds']:.1f} | {r['tflops']:.2f} | {r['mfu']:.1%} | {ratio} | {memory} "
-            f"| {r['mean_loss']:.4f} |"
-        )
-    table = "\n".join(lines)
-    print(table)
+    def write(rows: list[Row]) -> None:
+        if args.output:
+            text = table(rows, settings, peak, loader_note)
+            write_marked_section(Path(args.output), MARK_START, MARK_END, "Pretraining: tokens/s and MFU", text)
+
+    rows = run_all(sizes, specs, settings, peak, write, args.time_budget)
+    print(table(rows, settings, peak, loader_note))
     if args.output:
-        write_marked_section(Path(args.output), MARK_START, MARK_END, "Pretraining: tokens/s and MFU", table)
         print(f"written to {args.output}")
+    if not any(row.result for row in rows):
+        raise RecipeError("no run finished; see the errors above")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,25 @@ def test_benchmark_compares_trainer_and_plain_loop_on_the_same_work(tmp_path: Pa
     assert re.search(r"measured float32 matmul peak [\d.]+ TFLOP/s", text)
 
 
+def test_benchmark_keeps_going_past_a_failing_run_and_stops_at_its_time_budget(tmp_path: Path) -> None:
+    """A run that breaks (here flex attention, which has no CPU backward) is noted in its row and the others still
+    run; past --time_budget no run starts, and the skipped ones are listed (a short GPU lease keeps what it got)."""
+    out = tmp_path / "benchmarks.md"
+    args = ["--sizes", "tiny", "--seq_len", "64", "--batch_size", "2", "--steps", "3", "--warmup_steps", "1"]
+    args += ["--dataloader_num_workers", "0", "--output", str(out)]
+    result = run_script("benchmark_pretrain.py", *args, "--runs", "plain+flex,plain")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_table(out.read_text())
+    assert rows["plain+flex"]["tokens/s"].startswith("failed: NotImplementedError")
+    assert float(rows["plain"]["tokens/s"].replace(",", "")) > 0
+
+    result = run_script("benchmark_pretrain.py", *args, "--runs", "plain,trainer", "--time_budget", "0.001")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_table(out.read_text())
+    assert float(rows["plain"]["tokens/s"].replace(",", "")) > 0
+    assert rows["trainer"]["tokens/s"] == "skipped: --time_budget 0.001 s spent"
+
+
 def test_benchmark_bad_run_fails_in_one_line_before_any_work() -> None:
     line = one_line_error(run_script("benchmark_pretrain.py", "--sizes", "tiny", "--runs", "trainer,trainer+turbo"))
     assert "unknown option 'turbo'" in line and "compile" in line
