@@ -314,6 +314,25 @@ def test_unknown_architecture(tmp_path: Path, world_dir: Path, tokenizer_dir: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_flex_attention_on_cpu_fails_before_any_work(tmp_path: Path) -> None:
+    """The GPU recipes use flex attention, which has no backward on CPU: said in one line, nothing written."""
+    recipe = REPO / "recipes" / "smol-1gpu" / "pretrain.yaml"
+    line = one_line_error(
+        run_script(
+            "run_pretrain.py",
+            str(recipe),
+            "--bf16",
+            "false",
+            "--torch_compile",
+            "false",
+            "--output_dir",
+            str(tmp_path / "out"),
+        )
+    )
+    assert "flex_attention trains on a GPU only" in line and "--attn_implementation sdpa" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_and_empty_corpus(tmp_path: Path, world_dir: Path, tokenizer_dir: Path) -> None:
     common = [
         "--tokenizer_name_or_path",

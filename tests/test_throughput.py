@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -149,3 +150,16 @@ def test_loader_throughput_and_too_few_batches() -> None:
     assert loader_tokens_per_second(data, settings) > 0
     with pytest.raises(RecipeError, match="fewer than 2 batches of 4 x 64"):
         loader_tokens_per_second(RandomDocuments(5, 64, vocab_size=300), settings)
+
+
+def test_liger_with_torch_compile_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The pair failed to compile on the H200 (docs/benchmarks.md): a recipe that sets both is told so."""
+    from chatforge.pretrain import PretrainConfig
+
+    with caplog.at_level(logging.WARNING):
+        PretrainConfig(output_dir=str(tmp_path), use_liger_kernel=True, torch_compile=True, use_cpu=True)
+    assert "use_liger_kernel with torch_compile failed to compile" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        PretrainConfig(output_dir=str(tmp_path), torch_compile=True, use_cpu=True)
+    assert "use_liger_kernel" not in caplog.text

@@ -98,10 +98,18 @@ def apply_device_defaults(args: Any) -> None:
     - Launched as several processes on a machine without a GPU (`accelerate launch` with
       accelerate_configs/cpu_ddp.yaml), the Trainer only joins the process group when `use_cpu` is set;
       otherwise every process trains alone as rank 0. So set it there.
+    - `use_liger_kernel` with `torch_compile` gets a warning: that pair failed to compile (docs/benchmarks.md).
     """
+    import logging
     import os
 
     import torch
+
+    if getattr(args, "use_liger_kernel", False) and getattr(args, "torch_compile", False):
+        logging.getLogger(__name__).warning(
+            "use_liger_kernel with torch_compile failed to compile with liger-kernel 0.8.5 and torch 2.11 (dynamo "
+            "cannot trace Liger's Triton kernels; docs/benchmarks.md): if it fails, keep one of the two"
+        )
 
     if getattr(args, "bf16", False) is None:
         args.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()

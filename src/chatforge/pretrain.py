@@ -163,6 +163,11 @@ def validate(script_args: PretrainScriptArguments, training_args: PretrainConfig
         raise RecipeError(
             f"max_position_embeddings ({arch.max_position_embeddings}) < block_size ({script_args.block_size})"
         )
+    if arch.attn_implementation == "flex_attention" and (training_args.use_cpu or not torch.cuda.is_available()):
+        raise RecipeError(
+            "attn_implementation: flex_attention trains on a GPU only (PyTorch's flex attention has no backward on "
+            "CPU); use sdpa here, e.g. --attn_implementation sdpa"
+        )
     if script_args.facts_file and not Path(script_args.facts_file).is_file():
         raise RecipeError(
             f"facts file not found: {script_args.facts_file}; run `python scripts/run_data.py recipes/data.yaml` "
