@@ -163,3 +163,23 @@ def test_liger_with_torch_compile_warns(tmp_path: Path, caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING):
         PretrainConfig(output_dir=str(tmp_path), torch_compile=True, use_cpu=True)
     assert "use_liger_kernel" not in caplog.text
+
+
+def test_pretrain_trainer_counts_flops_with_chatforge_flops(tmp_path: Path) -> None:
+    """total_flos is the FLOP count MFU uses (attention and output head included), over every token trained."""
+    from chatforge.modeling import build_model
+    from chatforge.pretrain import PretrainConfig, PretrainTrainer
+    from chatforge.throughput import EOS_ID, RandomDocuments
+
+    config = model_config("tiny", 32)
+    args = PretrainConfig(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        use_cpu=True, eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = PretrainTrainer(
+        model=build_model(config), args=args, train_dataset=RandomDocuments(12, 32, config.vocab_size),
+        data_collator=BlockCollator(EOS_ID),
+    )  # fmt: skip
+    trainer.train()
+    tokens = 3 * 2 * 2 * 32
+    assert trainer.state.total_flos == pytest.approx(training_flops_per_token(config, 32) * tokens, rel=1e-6)

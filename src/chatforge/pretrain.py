@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import BlockCollator, load_corpus, looks_local, pack_dataset
 from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
+from chatforge.flops import training_flops_per_token
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
 from chatforge.modeling import ArchitectureArguments, build_model, build_model_config, count_parameters
@@ -89,6 +90,13 @@ class PretrainConfig(DeviceDefaults, TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept on disk."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
     eval_steps: float | None = field(default=200, metadata={"help": "Evaluate every N steps."})
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace a NaN/inf loss by the running mean in the logs. Off: a diverging run shows as NaN, "
+            "and each micro-batch spares a device-to-host sync (the check reads the loss on the host)."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "Every parameter is used in each step, so DDP need not search for unused ones."},
@@ -96,13 +104,27 @@ class PretrainConfig(DeviceDefaults, TrainingArguments):
 
 
 class PretrainTrainer(Trainer):
-    """`Trainer` that adds bits per byte to evaluation logs and tokens per second to training logs."""
+    """`Trainer` that adds bits per byte to evaluation logs and tokens per second to training logs, and counts
+    FLOPs (`total_flos`) with `chatforge.flops`."""
 
     def __init__(self, *args, eval_bytes_per_token: float | None = None, tokens_per_step: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_bytes_per_token = eval_bytes_per_token
         self.tokens_per_step = tokens_per_step
         self._last_log: tuple[float, int] | None = None
+        self._flops_per_token: dict[int, float] = {}
+
+    def floating_point_ops(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Training FLOPs of a batch: chatforge.flops per token (attention and output head included), computed
+        once per sequence length. The Trainer's own count walks every module of the model on every micro-batch,
+        host time a GPU waits for when the host has to keep up."""
+        ids = inputs.get("input_ids")
+        if ids is None:
+            return 0
+        length = ids.shape[-1]
+        if length not in self._flops_per_token:
+            self._flops_per_token[length] = training_flops_per_token(self.model.config, length)
+        return int(self._flops_per_token[length] * ids.numel())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "eval_loss" in logs and self.eval_bytes_per_token:

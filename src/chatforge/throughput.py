@@ -166,22 +166,32 @@ class BenchmarkSettings:
 
 
 class StepClock(TrainerCallback):
-    """Wall-clock time at the end of every optimizer step (after the device finishes it)."""
+    """Wall-clock times at the end of the warm-up and of the last step, each after the device finishes its work.
+    Only those two steps wait for the device: in between the host runs ahead as in real training, so host work
+    that a real run hides behind the GPU is not counted against either loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: BenchmarkSettings) -> None:
+        self.settings = settings
         self.times: list[float] = []
 
+    def mark(self, step: int) -> None:
+        """Call after optimizer step `step` (1-based)."""
+        if step in (self.settings.warmup_steps, self.settings.steps):
+            synchronize()
+            self.times.append(time.perf_counter())
+
     def on_step_end(self, args, state, control, **kwargs):
-        synchronize()
-        self.times.append(time.perf_counter())
+        self.mark(state.global_step)
 
 
 def timed_result(
-    spec: RunSpec, config: PretrainedConfig, settings: BenchmarkSettings, times: list[float], mean_loss: float
+    spec: RunSpec, config: PretrainedConfig, settings: BenchmarkSettings, clock: StepClock, mean_loss: float
 ) -> dict:
     """Tokens/s, TFLOP/s and peak memory over the timed steps (after warm-up)."""
-    timed = len(times) - settings.warmup_steps
-    seconds = times[-1] - times[settings.warmup_steps - 1]  # from the end of the last warm-up step
+    if len(clock.times) != 2:
+        raise RuntimeError(f"{spec.name}: the step clock saw {len(clock.times)} of its 2 marks")
+    timed = settings.steps - settings.warmup_steps
+    seconds = clock.times[1] - clock.times[0]  # from the end of the last warm-up step
     tokens_per_second = timed * settings.batch_size * settings.seq_len / seconds
     flops = training_flops_per_token(config, settings.seq_len) * tokens_per_second
     memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
@@ -201,7 +211,7 @@ def benchmark_trainer(spec: RunSpec, preset: str, settings: BenchmarkSettings, d
 
     config = model_config(preset, settings.seq_len, spec.attn_implementation)
     model = build_model(config, seed=settings.seed)
-    clock = StepClock()
+    clock = StepClock(settings)
     with tempfile.TemporaryDirectory() as out:
         args = PretrainConfig(
             output_dir=out, max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
@@ -217,7 +227,7 @@ def benchmark_trainer(spec: RunSpec, preset: str, settings: BenchmarkSettings, d
         )  # fmt: skip
         reset_memory()
         result = trainer.train()
-    out = timed_result(spec, config, settings, clock.times, result.training_loss)
+    out = timed_result(spec, config, settings, clock, result.training_loss)
     del trainer, model
     release()
     return out
@@ -249,11 +259,11 @@ def benchmark_plain(spec: RunSpec, preset: str, settings: BenchmarkSettings, dat
     autocast = (
         torch.autocast(device, dtype=torch.bfloat16) if settings.bf16 else contextlib.nullcontext()
     )  # same mixed precision as the Trainer's (bf16 autocast over fp32 weights)
-    times: list[float] = []
+    clock = StepClock(settings)
     total_loss = torch.zeros((), device=device)
     reset_memory()
     batches = iter(loader)
-    for _ in range(settings.steps):
+    for step in range(1, settings.steps + 1):
         batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
         with autocast:
             loss = forward(**batch).loss
@@ -263,9 +273,8 @@ def benchmark_plain(spec: RunSpec, preset: str, settings: BenchmarkSettings, dat
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         total_loss += loss.detach()
-        synchronize()
-        times.append(time.perf_counter())
-    out = timed_result(spec, config, settings, times, (total_loss / settings.steps).item())
+        clock.mark(step)
+    out = timed_result(spec, config, settings, clock, (total_loss / settings.steps).item())
     del model, forward, optimizer
     release()
     return out
