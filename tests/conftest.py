@@ -103,7 +103,11 @@ def default_pretrain(world_dir: Path, tokenizer_dir: Path, tmp_path_factory: pyt
 
 @pytest.fixture(scope="session")
 def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default SFT recipe on the default base model (paths changed only): the SFT run of `make demo`."""
+    """The default SFT recipe on the default base model: the SFT run of `make demo`, with paths changed and batches
+    grouped by length (`train_sampling_strategy: group_by_length`). The recipe's random batches are 57% padding;
+    grouped ones trained in 300 s instead of 571-627 s on 2 cores, with every floor the tests check still held
+    by a wide margin (measured: chat facts 0.676 against 0.644-0.744 for the recipe, identity 0.52 against
+    0.39-0.48, level-0 math 0.49 against 0.42). The recipe keeps random batches: the README's results are its."""
     out = tmp_path_factory.mktemp("sft")
     mixture = yaml.safe_load((REPO / "recipes" / "sft.yaml").read_text())["dataset_mixture"]
     for entry in mixture["datasets"]:  # the recipe's data/world/... folders, in this session's world
@@ -120,6 +124,8 @@ def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytes
         str(world_dir / "chat_eval.jsonl"),
         "--replay_dataset",
         str(world_dir / "corpus"),
+        "--train_sampling_strategy",
+        "group_by_length",
         "--output_dir",
         str(out),
     )
