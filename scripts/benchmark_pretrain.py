@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from chatforge.configs import RecipeError, exit_on_user_error
+from chatforge.configs import RecipeError, exit_on_user_error, root_cause
 from chatforge.flops import training_flops_per_token
 from chatforge.modeling import count_parameters
 from chatforge.report import device_name, environment, write_marked_section
@@ -118,18 +118,13 @@ def run_all(
             row.note = f"out of GPU memory at batch {settings.batch_size}"
         except Exception as err:  # noqa: BLE001 - one broken run must not cost the others' timings
             logging.exception("%s %s failed", row.size, row.spec.name)
-            row.note = f"failed: {type(err).__name__}: {first_line(err)}"
+            row.note = f"failed: {type(err).__name__}: {root_cause(err)[:160]}"
         finally:
             release()
         print(f"{row.size} {row.spec.name}: {summary(row)}", flush=True)
         write(rows)  # after every run, so an interrupted benchmark keeps what it measured
     write(rows)
     return rows
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:160] if text else ""
 
 
 def summary(row: Row) -> str:

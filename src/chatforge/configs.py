@@ -139,6 +139,15 @@ class DeviceDefaults:
         super().__post_init__()
 
 
+def root_cause(err: BaseException) -> str:
+    """First line of the innermost exception of a chain: libraries (datasets, fsspec, torch.compile) wrap the
+    useful message in generic ones."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Turn a RecipeError into `error: ...` on stderr and exit status 2, with no traceback."""

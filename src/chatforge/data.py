@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
-from chatforge.configs import RecipeError
+from chatforge.configs import RecipeError, root_cause
 
 
 def looks_local(name: str) -> bool:
@@ -56,7 +56,7 @@ def load_corpus(
         empty = _empty_data_files(path) if path.is_dir() else []
         if empty:
             raise RecipeError(f"dataset '{name}' has empty data files: {', '.join(empty)}") from None
-        raise RecipeError(f"could not load dataset '{name}': {_root_cause(err)}") from None
+        raise RecipeError(f"could not load dataset '{name}': {root_cause(err)}") from None
     finally:
         if progress_was_on:
             datasets.enable_progress_bars()
@@ -102,13 +102,6 @@ def _empty_data_files(folder: Path) -> list[str]:
         if file.stat().st_size == 0 or (file.suffix == ".parquet" and pq.read_metadata(file).num_rows == 0):
             empty.append(str(file.relative_to(folder)))
     return empty
-
-
-def _root_cause(err: BaseException) -> str:
-    """First line of the innermost exception: datasets wraps the useful message in generic ones."""
-    while err.__cause__ is not None or err.__context__ is not None:
-        err = err.__cause__ or err.__context__
-    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def pack_dataset(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatforge.chat_data import OASST_ROLES, _preference, _read_trees, _usable
-from chatforge.configs import RecipeError
+from chatforge.configs import RecipeError, root_cause
 
 if TYPE_CHECKING:
     import datasets
@@ -168,7 +168,7 @@ def _load_rows(source: str, split: str, data_dir: str | None = None) -> Iterable
     """Rows of a local .jsonl[.gz] file, or of a split of a local folder or Hub dataset (via datasets)."""
     import datasets
 
-    from chatforge.data import _root_cause, looks_local
+    from chatforge.data import looks_local
 
     path = Path(source).expanduser()
     if path.is_file():
@@ -178,9 +178,7 @@ def _load_rows(source: str, split: str, data_dir: str | None = None) -> Iterable
     try:
         return datasets.load_dataset(str(path) if path.exists() else source, data_dir=data_dir, split=split)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the name and the cause
-        raise RecipeError(
-            f"could not load preference dataset '{source}' split '{split}': {_root_cause(err)}"
-        ) from None
+        raise RecipeError(f"could not load preference dataset '{source}' split '{split}': {root_cause(err)}") from None
 
 
 def _load_file(path: Path, split: str) -> datasets.Dataset:

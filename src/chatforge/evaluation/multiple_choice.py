@@ -24,8 +24,8 @@ from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from chatforge.configs import RecipeError
-from chatforge.data import _root_cause, looks_local
+from chatforge.configs import RecipeError, root_cause
+from chatforge.data import looks_local
 
 # Local file suffixes and the `datasets` builder that reads them (a trailing compression suffix is allowed).
 DATA_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -98,7 +98,7 @@ def _load(source: str | Path, split: str, config: str | None, what: str) -> Data
     except RecipeError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the name and the cause
-        raise RecipeError(f"could not load {what} '{name}': {_root_cause(err)}") from None
+        raise RecipeError(f"could not load {what} '{name}': {root_cause(err)}") from None
     finally:
         if progress_was_on:
             datasets.enable_progress_bars()
@@ -249,7 +249,7 @@ def _load_mmlu_folder(folder: Path, split: str) -> list[tuple[str, int, dict, st
         data_files = {subject: str(file) for subject, file in files.items()}
         loaded = load_dataset("csv", data_files=data_files, **_csv_options(header or []))
     except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the name and the cause
-        raise RecipeError(f"could not load MMLU data '{folder}': {_root_cause(err)}") from None
+        raise RecipeError(f"could not load MMLU data '{folder}': {root_cause(err)}") from None
     finally:
         if progress_was_on:
             datasets.enable_progress_bars()

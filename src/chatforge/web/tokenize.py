@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatforge.configs import RecipeError, none_if_null
+from chatforge.configs import RecipeError, none_if_null, root_cause
 from chatforge.web.config import as_mapping
 
 logger = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ def split_glob_files(dataset_name: str, pattern: str) -> list[str]:
     try:
         return get_datafolder(dataset_name).list_files(glob_pattern=pattern)
     except Exception as err:  # noqa: BLE001 - fsspec backends raise many types; the user needs the cause
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RecipeError(f"could not list the files of {dataset_name} for split_globs: {first}") from None
+        raise RecipeError(f"could not list the files of {dataset_name} for split_globs: {root_cause(err)}") from None
 
 
 def _split_files(corpus: Path, split: str, input_format: str) -> list[Path]:
