@@ -66,6 +66,13 @@ def parse_args() -> argparse.Namespace:
         help="Also time the data loader alone on these token shards (scripts/tokenize_corpus.py output).",
     )
     parser.add_argument(
+        "--profile",
+        default=None,
+        help="Comma-separated runs to profile after the timed ones (torch.profiler over --profile_steps steps after "
+        "the warm-up): the GPU's busy share of the wall time and the ops that take the most time.",
+    )
+    parser.add_argument("--profile_steps", type=int, default=3)
+    parser.add_argument(
         "--time_budget",
         type=float,
         default=None,
@@ -87,6 +94,7 @@ class Row:
     spec: RunSpec
     result: dict | None = None
     note: str = ""  # why there is no result: the run failed, or the time budget was spent
+    profile: bool = False  # a profile of the run rather than its timing
 
     @property
     def plain_key(self) -> str:
@@ -95,24 +103,35 @@ class Row:
 
 
 def run_all(
-    sizes: list[str], specs: list[RunSpec], settings: BenchmarkSettings, peak: float, write, time_budget=None
+    sizes: list[str],
+    specs: list[RunSpec],
+    settings: BenchmarkSettings,
+    peak: float,
+    write,
+    time_budget: float | None = None,
+    profiles: list[RunSpec] | None = None,
+    profile_steps: int = 3,
 ) -> list[Row]:
     """Every run of every size, run by run in the order given (so under a time budget the first runs cover every
-    size). A run that fails (out of memory, a kernel that does not compile) is noted in its row; the others go on."""
-    rows = []
+    size), then the profiles. A run that fails (out of memory, a kernel that does not compile) is noted in its
+    row; the others go on."""
+    rows, profile_rows, profiles = [], [], profiles or []
     for size in sizes:
         config = model_config(size, settings.seq_len)
         with torch.device("meta"):
             params = count_parameters(transformers.AutoModelForCausalLM.from_config(config))
         gflop = training_flops_per_token(config, settings.seq_len) / 1e9
         rows += [Row(size, params, gflop, spec) for spec in specs]
+        profile_rows += [Row(size, params, gflop, spec, profile=True) for spec in profiles]
+    rows.sort(key=lambda r: specs.index(r.spec))
+    profile_rows.sort(key=lambda r: profiles.index(r.spec))
     start = time.perf_counter()
-    for row in sorted(rows, key=lambda r: specs.index(r.spec)):
+    for row in rows + profile_rows:
         if time_budget is not None and time.perf_counter() - start > time_budget:
             row.note = f"skipped: --time_budget {time_budget:g} s spent"
             continue
         try:
-            row.result = run_benchmark(row.spec, row.size, settings)
+            row.result = run_benchmark(row.spec, row.size, settings, profile_steps if row.profile else 0)
             row.result["mfu"] = row.result["tflops"] / peak
         except torch.cuda.OutOfMemoryError:
             row.note = f"out of GPU memory at batch {settings.batch_size}"
@@ -121,22 +140,47 @@ def run_all(
             row.note = f"failed: {type(err).__name__}: {root_cause(err)[:160]}"
         finally:
             release()
-        print(f"{row.size} {row.spec.name}: {summary(row)}", flush=True)
-        write(rows)  # after every run, so an interrupted benchmark keeps what it measured
-    write(rows)
-    return rows
+        print(f"{row.size} {row.spec.name}{' (profile)' if row.profile else ''}: {summary(row)}", flush=True)
+        write(rows + profile_rows)  # after every run, so an interrupted benchmark keeps what it measured
+    write(rows + profile_rows)
+    return rows + profile_rows
 
 
 def summary(row: Row) -> str:
     r = row.result
     if r is None:
         return row.note
+    if row.profile:
+        busy = r["profile"]["device_busy"]
+        return f"{r['profile']['step_ms']:.1f} ms per profiled step" + (f", GPU busy {busy:.1%}" if busy else "")
     return f"{r['tokens_per_second']:,.0f} tokens/s, MFU {r['mfu']:.1%}, loss {r['mean_loss']:.4f}"
 
 
-def table(rows: list[Row], settings: BenchmarkSettings, peak: float, loader_note: str) -> str:
+def profile_lines(row: Row, profile_steps: int) -> list[str]:
+    """A profiled run as a heading line and a table of the ops with the most time per step."""
+    title = f"Profile of {row.size} {row.spec.name}"
+    if row.result is None:
+        return ["", f"{title}: {row.note}"]
+    p = row.result["profile"]
+    busy = f"; the GPU was busy {p['device_busy']:.1%} of the wall time" if p["device_busy"] is not None else ""
+    where = "GPU" if p["device_busy"] is not None else "host"
+    lines = [
+        "",
+        f"{title} ({profile_steps} steps after the warm-up, under the profiler: {p['step_ms']:.1f} ms per step{busy}):",
+        "",
+        f"| op | {where} ms per step | share of the step |",
+        "|---|---|---|",
+    ]
+    for name, ms in p["ops"]:
+        name = name if len(name) <= 70 else name[:67] + "..."
+        lines.append(f"| `{name.replace('|', '/')}` | {ms:.2f} | {ms / p['step_ms']:.1%} |")
+    return lines
+
+
+def table(rows: list[Row], settings: BenchmarkSettings, peak: float, loader_note: str, profile_steps: int = 3) -> str:
     """The markdown table: one line per run, grouped by model size; the Trainer against the plain loop."""
-    plain = {(r.size, r.plain_key): r.result["tokens_per_second"] for r in rows if r.result and r.spec.loop == "plain"}
+    timed = [r for r in rows if r.result and not r.profile]
+    plain = {(r.size, r.plain_key): r.result["tokens_per_second"] for r in timed if r.spec.loop == "plain"}
     dtype = "bfloat16" if settings.bf16 else "float32"
     env = environment()
     lines = [
@@ -151,6 +195,8 @@ def table(rows: list[Row], settings: BenchmarkSettings, peak: float, loader_note
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        if row.profile:
+            continue
         head = f"| {row.size} | {row.params / 1e6:.1f}M | {row.gflop:.3f} | {row.spec.name} "
         r = row.result
         if r is None:
@@ -163,6 +209,9 @@ def table(rows: list[Row], settings: BenchmarkSettings, peak: float, loader_note
             head + f"| {r['tokens_per_second']:,.0f} | {1000 * r['step_seconds']:.1f} | {r['tflops']:.2f} "
             f"| {r['mfu']:.1%} | {ratio} | {memory} | {r['mean_loss']:.4f} |"
         )
+    for row in rows:
+        if row.profile:
+            lines += profile_lines(row, profile_steps)
     return "\n".join(lines)
 
 
@@ -171,6 +220,9 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     sizes = args.sizes or (["125m", "350m"] if gpu else ["tiny"])
     specs = [RunSpec.parse(name) for name in (args.runs or (GPU_RUNS if gpu else "trainer,plain")).split(",")]
+    profiles = [RunSpec.parse(name) for name in args.profile.split(",")] if args.profile else []
+    if args.profile_steps < 1:
+        raise RecipeError(f"--profile_steps must be at least 1, got {args.profile_steps}")
     settings = BenchmarkSettings(
         seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,
         dataloader_num_workers=args.dataloader_num_workers,
@@ -182,7 +234,7 @@ def main() -> None:
         raise RecipeError(f"--time_budget must be positive seconds, got {args.time_budget}")
     for size in sizes:
         model_config(size, settings.seq_len)  # unknown sizes fail here, before the first timed run
-    for spec in specs:
+    for spec in specs + profiles:
         spec.check_installed()
     loader_note = ""
     if args.token_shards:
@@ -203,11 +255,11 @@ def main() -> None:
 
     def write(rows: list[Row]) -> None:
         if args.output:
-            text = table(rows, settings, peak, loader_note)
+            text = table(rows, settings, peak, loader_note, args.profile_steps)
             write_marked_section(Path(args.output), MARK_START, MARK_END, "Pretraining: tokens/s and MFU", text)
 
-    rows = run_all(sizes, specs, settings, peak, write, args.time_budget)
-    print(table(rows, settings, peak, loader_note))
+    rows = run_all(sizes, specs, settings, peak, write, args.time_budget, profiles, args.profile_steps)
+    print(table(rows, settings, peak, loader_note, args.profile_steps))
     if args.output:
         print(f"written to {args.output}")
     if not any(row.result for row in rows):

@@ -115,6 +115,24 @@ def test_benchmark_keeps_going_past_a_failing_run_and_stops_at_its_time_budget(t
     assert rows["trainer"]["tokens/s"] == "skipped: --time_budget 0.001 s spent"
 
 
+def test_benchmark_profiles_a_run_and_lists_where_its_steps_go(tmp_path: Path) -> None:
+    """--profile records steps after the warm-up with torch.profiler: the ops with the most time per step, the
+    matrix products first for a model that is all matmuls; the timed table is left as it was."""
+    out = tmp_path / "benchmarks.md"
+    args = ["--sizes", "tiny", "--seq_len", "64", "--batch_size", "4", "--steps", "4", "--warmup_steps", "2"]
+    args += ["--runs", "plain", "--profile", "trainer", "--profile_steps", "2", "--dataloader_num_workers", "0"]
+    result = run_script("benchmark_pretrain.py", *args, "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert set(read_table(text.split("Profile of")[0])) == {"plain"}  # the profile is not a timed row
+    heading = re.search(r"Profile of tiny trainer \(2 steps after the warm-up, under the profiler: ([\d.]+) ms", text)
+    assert heading and float(heading.group(1)) > 0
+    ops = [line.split("|") for line in text.split("Profile of")[1].splitlines() if line.startswith("| `")]
+    assert len(ops) == 12 and ops[0][1].strip() == "`aten::mm`"
+    per_step = [float(op[2]) for op in ops]
+    assert per_step == sorted(per_step, reverse=True) and per_step[-1] > 0
+
+
 def test_benchmark_bad_run_fails_in_one_line_before_any_work() -> None:
     line = one_line_error(run_script("benchmark_pretrain.py", "--sizes", "tiny", "--runs", "trainer,trainer+turbo"))
     assert "unknown option 'turbo'" in line and "compile" in line

@@ -13,7 +13,7 @@ import gc
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import AutoConfig, PretrainedConfig, Trainer, TrainerCallback, get_scheduler
@@ -168,20 +168,49 @@ class BenchmarkSettings:
 class StepClock(TrainerCallback):
     """Wall-clock times at the end of the warm-up and of the last step, each after the device finishes its work.
     Only those two steps wait for the device: in between the host runs ahead as in real training, so host work
-    that a real run hides behind the GPU is not counted against either loop."""
+    that a real run hides behind the GPU is not counted against either loop. With `profile`, torch.profiler
+    records the steps in between (they are then not a timing: the profiler slows the host)."""
 
-    def __init__(self, settings: BenchmarkSettings) -> None:
+    def __init__(self, settings: BenchmarkSettings, profile: bool = False) -> None:
         self.settings = settings
         self.times: list[float] = []
+        self.profile = profile
+        self.profiler: torch.profiler.profile | None = None
 
     def mark(self, step: int) -> None:
         """Call after optimizer step `step` (1-based)."""
-        if step in (self.settings.warmup_steps, self.settings.steps):
-            synchronize()
-            self.times.append(time.perf_counter())
+        if step not in (self.settings.warmup_steps, self.settings.steps):
+            return
+        synchronize()
+        if self.profiler is not None:  # the last step: stop before reading the clock
+            self.profiler.stop()
+        self.times.append(time.perf_counter())
+        if self.profile and step == self.settings.warmup_steps:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.start()
+            self.times[-1] = time.perf_counter()  # the profiler's start-up is not part of the steps
 
     def on_step_end(self, args, state, control, **kwargs):
         self.mark(state.global_step)
+
+    def profile_summary(self, top: int = 12) -> dict:
+        """Where the profiled steps spent their time: the device's busy share of the wall time (GPU) and the
+        ops with the most self time (device time on a GPU, host time on a CPU), per step."""
+        steps = self.settings.steps - self.settings.warmup_steps
+        seconds = self.times[1] - self.times[0]
+        gpu = torch.cuda.is_available()
+        attr = "self_device_time_total" if gpu else "self_cpu_time_total"
+        events = self.profiler.key_averages()
+        busy_us = sum(getattr(e, attr) for e in events)
+        ranked = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:top]
+        return {
+            "step_ms": 1000 * seconds / steps,
+            "device_busy": busy_us / 1e6 / seconds if gpu else None,
+            "ops": [(e.key, getattr(e, attr) / 1e3 / steps) for e in ranked],
+        }
 
 
 def timed_result(
@@ -205,13 +234,15 @@ def timed_result(
     }
 
 
-def benchmark_trainer(spec: RunSpec, preset: str, settings: BenchmarkSettings, data: RandomDocuments) -> dict:
+def benchmark_trainer(
+    spec: RunSpec, preset: str, settings: BenchmarkSettings, data: RandomDocuments, profile: bool = False
+) -> dict:
     """Time our pretraining path: `PretrainTrainer` with `PretrainConfig`, as `run_pretrain.py` builds them."""
     from chatforge.pretrain import PretrainConfig, PretrainTrainer
 
     config = model_config(preset, settings.seq_len, spec.attn_implementation)
     model = build_model(config, seed=settings.seed)
-    clock = StepClock(settings)
+    clock = StepClock(settings, profile)
     with tempfile.TemporaryDirectory() as out:
         args = PretrainConfig(
             output_dir=out, max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
@@ -228,12 +259,16 @@ def benchmark_trainer(spec: RunSpec, preset: str, settings: BenchmarkSettings, d
         reset_memory()
         result = trainer.train()
     out = timed_result(spec, config, settings, clock, result.training_loss)
+    if profile:
+        out["profile"] = clock.profile_summary()
     del trainer, model
     release()
     return out
 
 
-def benchmark_plain(spec: RunSpec, preset: str, settings: BenchmarkSettings, data: RandomDocuments) -> dict:
+def benchmark_plain(
+    spec: RunSpec, preset: str, settings: BenchmarkSettings, data: RandomDocuments, profile: bool = False
+) -> dict:
     """Time a plain PyTorch loop over the same model, batches and optimiser (the nanoGPT way)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = model_config(preset, settings.seq_len, spec.attn_implementation)
@@ -259,7 +294,7 @@ def benchmark_plain(spec: RunSpec, preset: str, settings: BenchmarkSettings, dat
     autocast = (
         torch.autocast(device, dtype=torch.bfloat16) if settings.bf16 else contextlib.nullcontext()
     )  # same mixed precision as the Trainer's (bf16 autocast over fp32 weights)
-    clock = StepClock(settings)
+    clock = StepClock(settings, profile)
     total_loss = torch.zeros((), device=device)
     reset_memory()
     batches = iter(loader)
@@ -275,6 +310,8 @@ def benchmark_plain(spec: RunSpec, preset: str, settings: BenchmarkSettings, dat
         total_loss += loss.detach()
         clock.mark(step)
     out = timed_result(spec, config, settings, clock, (total_loss / settings.steps).item())
+    if profile:
+        out["profile"] = clock.profile_summary()
     del model, forward, optimizer
     release()
     return out
@@ -292,13 +329,16 @@ def release() -> None:
     torch._dynamo.reset()  # each compiled run starts from a clean cache
 
 
-def run_benchmark(spec: RunSpec, preset: str, settings: BenchmarkSettings) -> dict:
-    """One timed run of `spec` on fresh random documents (the same ones for every run with this seed)."""
+def run_benchmark(spec: RunSpec, preset: str, settings: BenchmarkSettings, profile_steps: int = 0) -> dict:
+    """One timed run of `spec` on fresh random documents (the same ones for every run with this seed); with
+    `profile_steps`, instead a profile of that many steps after the warm-up (`result["profile"]`)."""
+    if profile_steps:
+        settings = replace(settings, steps=settings.warmup_steps + profile_steps)
     data = RandomDocuments(
         settings.steps * settings.batch_size, settings.seq_len, PRESETS[preset]["vocab_size"], seed=settings.seed
     )
     runner = benchmark_trainer if spec.loop == "trainer" else benchmark_plain
-    return runner(spec, preset, settings, data)
+    return runner(spec, preset, settings, data, profile=bool(profile_steps))
 
 
 def loader_tokens_per_second(
