@@ -4,13 +4,15 @@ Usage:
     python scripts/benchmark_pretrain.py                                   # 125m and 350m on a GPU, default runs
     python scripts/benchmark_pretrain.py --sizes 350m --runs trainer+compile,plain+compile --output docs/benchmarks.md
     python scripts/benchmark_pretrain.py --sizes tiny --seq_len 256 --batch_size 8 --steps 8 --warmup_steps 3  # CPU
+    python scripts/benchmark_pretrain.py --sizes 125m --runs trainer,plain --profile trainer,plain --time_budget 300
 
 A run is `trainer` (chatforge.pretrain's PretrainTrainer and PretrainConfig) or `plain` (a hand-written loop),
 plus options joined by `+`: compile, liger, docs (document masking), flex or fa2 (attention kernel). Data are
 random token ids cut into documents by eos tokens, so no tokenizer or download is needed. MFU is model FLOPs
 (matmuls and attention, forward and backward) per second over the bf16 matmul peak measured at the start of
 the same run (fp32 on a CPU). The table is printed and, with `--output`, written between `<!-- pretrain -->`
-markers of that markdown file.
+markers of that markdown file after every run. A run that fails is noted in its row and the others go on;
+`--time_budget` starts no run after that many seconds; `--profile` adds torch.profiler summaries of chosen runs.
 """
 
 from __future__ import annotations
