@@ -176,14 +176,14 @@ class StepClock(TrainerCallback):
         self.times: list[float] = []
         self.profile = profile
         self.profiler: torch.profiler.profile | None = None
+        self.profiling = False
 
     def mark(self, step: int) -> None:
         """Call after optimizer step `step` (1-based)."""
         if step not in (self.settings.warmup_steps, self.settings.steps):
             return
         synchronize()
-        if self.profiler is not None:  # the last step: stop before reading the clock
-            self.profiler.stop()
+        self.stop_profiler()  # the last step: stop before reading the clock
         self.times.append(time.perf_counter())
         if self.profile and step == self.settings.warmup_steps:
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -191,7 +191,14 @@ class StepClock(TrainerCallback):
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.start()
+            self.profiling = True
             self.times[-1] = time.perf_counter()  # the profiler's start-up is not part of the steps
+
+    def stop_profiler(self) -> None:
+        """Stop a running profile (also when a run fails halfway, so the next run can start its own)."""
+        if self.profiling:
+            self.profiler.stop()
+            self.profiling = False
 
     def on_step_end(self, args, state, control, **kwargs):
         self.mark(state.global_step)
@@ -257,7 +264,10 @@ def benchmark_trainer(
             data_collator=BlockCollator(EOS_ID, document_masking="docs" in spec.options),
         )  # fmt: skip
         reset_memory()
-        result = trainer.train()
+        try:
+            result = trainer.train()
+        finally:
+            clock.stop_profiler()
     out = timed_result(spec, config, settings, clock, result.training_loss)
     if profile:
         out["profile"] = clock.profile_summary()
@@ -298,17 +308,20 @@ def benchmark_plain(
     total_loss = torch.zeros((), device=device)
     reset_memory()
     batches = iter(loader)
-    for step in range(1, settings.steps + 1):
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        with autocast:
-            loss = forward(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        total_loss += loss.detach()
-        clock.mark(step)
+    try:
+        for step in range(1, settings.steps + 1):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            with autocast:
+                loss = forward(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            total_loss += loss.detach()
+            clock.mark(step)
+    finally:
+        clock.stop_profiler()
     out = timed_result(spec, config, settings, clock, (total_loss / settings.steps).item())
     if profile:
         out["profile"] = clock.profile_summary()
