@@ -39,7 +39,6 @@ from chatforge.throughput import (
     loader_tokens_per_second,
     matmul_peak_tflops,
     model_config,
-    release,
     run_benchmark,
 )
 from chatforge.token_shards import TokenBlocks, is_token_shards, read_shards_info
@@ -131,20 +130,17 @@ def run_all(
     for row in rows + profile_rows:
         if time_budget is not None and time.perf_counter() - start > time_budget:
             row.note = f"skipped: --time_budget {time_budget:g} s spent"
-            continue
-        try:
-            row.result = run_benchmark(row.spec, row.size, settings, profile_steps if row.profile else 0)
-            row.result["mfu"] = row.result["tflops"] / peak
-        except torch.cuda.OutOfMemoryError:
-            row.note = f"out of GPU memory at batch {settings.batch_size}"
-        except Exception as err:  # noqa: BLE001 - one broken run must not cost the others' timings
-            logging.exception("%s %s failed", row.size, row.spec.name)
-            row.note = f"failed: {type(err).__name__}: {root_cause(err)[:160]}"
-        finally:
-            release()
+        else:
+            try:
+                row.result = run_benchmark(row.spec, row.size, settings, profile_steps if row.profile else 0)
+                row.result["mfu"] = row.result["tflops"] / peak
+            except torch.cuda.OutOfMemoryError:
+                row.note = f"out of GPU memory at batch {settings.batch_size}"
+            except Exception as err:  # noqa: BLE001 - one broken run must not cost the others' timings
+                logging.exception("%s %s failed", row.size, row.spec.name)
+                row.note = f"failed: {type(err).__name__}: {root_cause(err)[:160]}"
         print(f"{row.size} {row.spec.name}{' (profile)' if row.profile else ''}: {summary(row)}", flush=True)
-        write(rows + profile_rows)  # after every run, so an interrupted benchmark keeps what it measured
-    write(rows + profile_rows)
+        write(rows + profile_rows)  # after every row, so an interrupted benchmark keeps what it measured
     return rows + profile_rows
 
 

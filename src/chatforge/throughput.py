@@ -175,8 +175,8 @@ class StepClock(TrainerCallback):
         self.settings = settings
         self.times: list[float] = []
         self.profile = profile
-        self.profiler: torch.profiler.profile | None = None
-        self.profiling = False
+        self.profiler: torch.profiler.profile | None = None  # while profiling
+        self.events = None  # the profiled steps' op statistics, once the profiler stopped
 
     def mark(self, step: int) -> None:
         """Call after optimizer step `step` (1-based)."""
@@ -191,14 +191,14 @@ class StepClock(TrainerCallback):
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.start()
-            self.profiling = True
             self.times[-1] = time.perf_counter()  # the profiler's start-up is not part of the steps
 
     def stop_profiler(self) -> None:
         """Stop a running profile (also when a run fails halfway, so the next run can start its own)."""
-        if self.profiling:
+        if self.profiler is not None:
             self.profiler.stop()
-            self.profiling = False
+            self.events = self.profiler.key_averages()
+            self.profiler = None
 
     def on_step_end(self, args, state, control, **kwargs):
         self.mark(state.global_step)
@@ -210,9 +210,8 @@ class StepClock(TrainerCallback):
         seconds = self.times[1] - self.times[0]
         gpu = torch.cuda.is_available()
         attr = "self_device_time_total" if gpu else "self_cpu_time_total"
-        events = self.profiler.key_averages()
-        busy_us = sum(getattr(e, attr) for e in events)
-        ranked = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:top]
+        busy_us = sum(getattr(e, attr) for e in self.events)
+        ranked = sorted(self.events, key=lambda e: getattr(e, attr), reverse=True)[:top]
         return {
             "step_ms": 1000 * seconds / steps,
             "device_busy": busy_us / 1e6 / seconds if gpu else None,
@@ -223,7 +222,7 @@ class StepClock(TrainerCallback):
 def timed_result(
     spec: RunSpec, config: PretrainedConfig, settings: BenchmarkSettings, clock: StepClock, mean_loss: float
 ) -> dict:
-    """Tokens/s, TFLOP/s and peak memory over the timed steps (after warm-up)."""
+    """Tokens/s, TFLOP/s and peak memory over the timed steps (after warm-up), or a profile of them."""
     if len(clock.times) != 2:
         raise RuntimeError(f"{spec.name}: the step clock saw {len(clock.times)} of its 2 marks")
     timed = settings.steps - settings.warmup_steps
@@ -231,7 +230,7 @@ def timed_result(
     tokens_per_second = timed * settings.batch_size * settings.seq_len / seconds
     flops = training_flops_per_token(config, settings.seq_len) * tokens_per_second
     memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {
+    result = {
         "run": spec.name,
         "tokens_per_second": tokens_per_second,
         "step_seconds": seconds / timed,
@@ -239,6 +238,9 @@ def timed_result(
         "peak_memory_gib": memory,
         "mean_loss": mean_loss,
     }
+    if clock.profile:
+        result["profile"] = clock.profile_summary()
+    return result
 
 
 def benchmark_trainer(
@@ -268,12 +270,7 @@ def benchmark_trainer(
             result = trainer.train()
         finally:
             clock.stop_profiler()
-    out = timed_result(spec, config, settings, clock, result.training_loss)
-    if profile:
-        out["profile"] = clock.profile_summary()
-    del trainer, model
-    release()
-    return out
+    return timed_result(spec, config, settings, clock, result.training_loss)
 
 
 def benchmark_plain(
@@ -322,12 +319,7 @@ def benchmark_plain(
             clock.mark(step)
     finally:
         clock.stop_profiler()
-    out = timed_result(spec, config, settings, clock, (total_loss / settings.steps).item())
-    if profile:
-        out["profile"] = clock.profile_summary()
-    del model, forward, optimizer
-    release()
-    return out
+    return timed_result(spec, config, settings, clock, (total_loss / settings.steps).item())
 
 
 def reset_memory() -> None:
@@ -351,7 +343,10 @@ def run_benchmark(spec: RunSpec, preset: str, settings: BenchmarkSettings, profi
         settings.steps * settings.batch_size, settings.seq_len, PRESETS[preset]["vocab_size"], seed=settings.seed
     )
     runner = benchmark_trainer if spec.loop == "trainer" else benchmark_plain
-    return runner(spec, preset, settings, data, profile=bool(profile_steps))
+    try:
+        return runner(spec, preset, settings, data, profile=bool(profile_steps))
+    finally:
+        release()  # the run's model, optimizer and compiled graphs go before the next run
 
 
 def loader_tokens_per_second(
