@@ -12,6 +12,7 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local
+from chatforge.distributed import runs_generation_checks
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
@@ -106,10 +107,10 @@ def train(
         end = trainer.evaluate()
         metrics["preference_accuracy"] = end.get("eval_rewards/accuracies")
         metrics["reward_margin"] = end.get("eval_rewards/margins")
-    if judged and trainer.is_world_process_zero():
+    if judged and runs_generation_checks(trainer.model, trainer.is_world_process_zero()):
         after = judge_policy(trainer.model, tokenizer, judged[1], judged[0])
         metrics.update({k: v for k, v in after.items() if isinstance(v, float)})
-        for example in after["examples"]:
+        for example in after["examples"] if trainer.is_world_process_zero() else []:
             logger.info("judge %.1f | %r -> %r", example["score"], example["question"], example["reply"])
     save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():

@@ -26,6 +26,7 @@ from trl import GRPOConfig, ModelConfig, ScriptArguments
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local, require_model
+from chatforge.distributed import runs_generation_checks
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.evaluation.math import math_accuracy, question_messages
 from chatforge.generation import chat_stop_token_ids
@@ -356,10 +357,11 @@ def train(
         first_completion_length=lengths[0] if lengths else None,
         last_completion_length=lengths[-1] if lengths else None,
     )
-    if eval_problems and trainer.is_world_process_zero():
+    if eval_problems and runs_generation_checks(trainer.model, trainer.is_world_process_zero()):
         after = score_heldout(trainer.model, tokenizer, eval_problems, script_args, max_new, training_args.seed, tools)
         metrics.update({k: v for k, v in after.items() if not k.endswith("examples")})
-        for ex in next(v for k, v in after.items() if k.endswith("examples")):
+        examples = next(v for k, v in after.items() if k.endswith("examples"))
+        for ex in examples if trainer.is_world_process_zero() else []:  # every rank ran it; one logs
             logger.info("%s %r -> %r", "ok " if ex["correct"] else "BAD", ex["question"], ex["completion"])
     save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch.distributed.tensor import DTensor
 from transformers import (
     AutoTokenizer,
     GenerationConfig,
@@ -23,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import BlockCollator, load_corpus, looks_local, pack_dataset
+from chatforge.distributed import runs_generation_checks
 from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
 from chatforge.flops import training_flops_per_token
 from chatforge.hub import push_stage_output
@@ -168,9 +170,12 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes: equal on all ranks iff their weights are identical."""
+    """SHA-256 of every parameter's bytes: equal on all ranks iff their weights are identical. Under FSDP2 the
+    parameters are DTensor shards; each is gathered whole first, so call this on every rank."""
     digest = hashlib.sha256()
     for name, param in sorted(model.state_dict().items()):
+        if isinstance(param, DTensor):
+            param = param.full_tensor()
         digest.update(name.encode())
         digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -310,12 +315,12 @@ def train(
         metrics["eval_loss"] = eval_metrics["eval_loss"]
         metrics["eval_bits_per_byte"] = eval_metrics["eval_bits_per_byte"]
     trainer.model.config.use_cache = True  # generation from here on, and the saved model, use a KV cache
-    if script_args.facts_file and trainer.is_world_process_zero():
+    if script_args.facts_file and runs_generation_checks(trainer.model, trainer.is_world_process_zero()):
         facts = fact_completion_accuracy(trainer.model, tokenizer, load_facts(script_args.facts_file, "train"))
         metrics["fact_accuracy"] = facts["accuracy"]
         metrics["fact_baseline"] = facts["baseline"]
         metrics["fact_per_relation"] = facts["per_relation"]
-        for example in facts["examples"]:
+        for example in facts["examples"] if trainer.is_world_process_zero() else []:
             logger.info(
                 "fact %s | %r -> %r", "ok " if example["ok"] else "BAD", example["prompt"], example["completion"]
             )

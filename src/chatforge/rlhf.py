@@ -34,6 +34,7 @@ from trl import ModelConfig, RLOOConfig
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null, split_recipe_arg
 from chatforge.data import looks_local, require_model
+from chatforge.distributed import reshard, runs_generation_checks
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
@@ -178,14 +179,18 @@ class JudgeCallback(TrainerCallback):
         policy = getattr(model, "policy", model)  # chatforge's PPO passes its policy-and-value wrapper
         was_training = policy.training
         result = judge_policy(policy, self.tokenizer, self.rows, self.judge, scorer=self.scorer)
+        reshard(policy)  # FSDP2: back into shards before the next rollout's weight sync reads them
         policy.train(was_training)
         self.last_step = step
         return {f"judge/{k}": v for k, v in result.items() if k in JUDGE_KEYS or k.endswith("_correct")}
 
     def _log(self, state: Any, model: Any) -> None:
-        if state.global_step == self.last_step or not state.is_world_process_zero:
+        policy = getattr(model, "policy", model)
+        if state.global_step == self.last_step or not runs_generation_checks(policy, state.is_world_process_zero):
             return
         scores = self.evaluate(model, state.global_step)
+        if not state.is_world_process_zero:  # a rank holding a shard joins the generation, the main one logs
+            return
         state.log_history.append({**scores, "step": state.global_step})
         logger.info(
             "step %d: judge %.3f, reward model %.3f", state.global_step, scores["judge/judge_score"],

@@ -15,6 +15,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_co
 from chatforge.chat_data import check_generation_tags, validate_conversations
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import load_corpus, looks_local, require_model
+from chatforge.distributed import runs_generation_checks
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
@@ -191,11 +192,11 @@ def train(
     )
     if datasets.get("test") is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    if chat_eval and trainer.is_world_process_zero():
+    if chat_eval and runs_generation_checks(trainer.model, trainer.is_world_process_zero()):
         after = chat_accuracy(trainer.model, tokenizer, chat_eval)
         metrics.update({f"chat_{k}": v for k, v in after.items() if k.endswith("accuracy")})
         metrics["chat_per_relation"] = after["per_relation"]
-        for kind, examples in after["examples"].items():
+        for kind, examples in after["examples"].items() if trainer.is_world_process_zero() else []:
             for ex in examples:
                 logger.info("%s %s | %r -> %r", kind, "ok " if ex["ok"] else "BAD", ex["question"], ex["reply"])
 

@@ -1,0 +1,146 @@
+"""FSDP2 with the repository's accelerate_configs/fsdp.yaml on two CPU processes (gloo): sharded checkpoints, the
+whole model gathered for the final save, exact resumption from shards, and the generation checks stages run during
+and after training (a forward pass of a sharded model is a collective: every rank must join it).
+
+accelerate turns FSDP on only for accelerator devices; tests/fsdp_on_cpu.py keeps its plugin on CPU processes, so
+torch's real `fully_shard` runs here (see that file)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_script
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from chatforge.pretrain import parameter_checksum
+
+FSDP_ON_TWO_CPUS = [
+    sys.executable, "-m", "accelerate.commands.launch",
+    "--config_file", str(REPO / "accelerate_configs" / "fsdp.yaml"),
+    "--num_processes", "2", "--mixed_precision", "no",  # the config's bf16 is for GPUs
+    str(REPO / "tests" / "fsdp_on_cpu.py"),
+]  # fmt: skip
+TINY_ARCH = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "2"]
+TINY_ARCH += ["--num_key_value_heads", "1", "--intermediate_size", "128"]
+
+
+def _pretrain(world_dir: Path, tokenizer_dir: Path, out: Path, *args: str):
+    return run_script(
+        "run_pretrain.py", str(REPO / "recipes" / "pretrain.yaml"), "--dataset_name", str(world_dir / "corpus"),
+        "--tokenizer_name_or_path", str(tokenizer_dir), "--output_dir", str(out), "--max_steps", "20",
+        "--save_steps", "10", "--logging_steps", "2", "--eval_steps", "20", "--per_device_train_batch_size", "8",
+        "--block_size", "64", *TINY_ARCH, *args, launcher=FSDP_ON_TWO_CPUS, timeout=900,
+    )  # fmt: skip
+
+
+def _checksums(stderr: str) -> dict[str, str]:
+    return dict(re.findall(r"rank (\d) parameter sha256: ([0-9a-f]{64})", stderr))
+
+
+def _losses(folder: Path) -> list[float]:
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    return [h["loss"] for h in history if "loss" in h]
+
+
+def _assert_sharded_checkpoint(checkpoint: Path) -> None:
+    """Each rank wrote its own shard (torch.distributed.checkpoint files), and no whole-model weights."""
+    shards = sorted(p.name for p in (checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"], sorted(p.name for p in checkpoint.rglob("*"))
+    assert not list(checkpoint.glob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_pretraining_saves_the_whole_model_and_resumes_exactly_from_shards(
+    world_dir: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    full = tmp_path / "full"
+    result = _pretrain(world_dir, tokenizer_dir, full, "--facts_file", str(world_dir / "facts.jsonl"))
+    assert result.returncode == 0, result.stderr[-5000:]
+    checksums = _checksums(result.stderr)
+    assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"], result.stderr[-3000:]
+    for step in (10, 20):
+        _assert_sharded_checkpoint(full / f"checkpoint-{step}")
+    # the final save gathered the shards: the saved model is exactly the trained one
+    assert parameter_checksum(AutoModelForCausalLM.from_pretrained(full)) == checksums["0"]
+    losses = _losses(full)
+    assert losses[-1] < losses[0] - 0.5
+    # the fact check ran on the sharded model (every rank generating together) and was written once
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert 0.0 <= metrics["fact_accuracy"] <= 1.0 and metrics["train_tokens"] == 20 * 2 * 8 * 64
+
+    crashed = tmp_path / "crashed"  # a run that stopped after its step-10 checkpoint
+    crashed.mkdir()
+    shutil.copytree(full / "checkpoint-10", crashed / "checkpoint-10")
+    result = _pretrain(world_dir, tokenizer_dir, crashed, "--facts_file", "null", "--resume_from_checkpoint", "last")
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "resuming from" in result.stderr and _checksums(result.stderr) == checksums  # bit for bit
+    assert _losses(crashed)[-5:] == pytest.approx(losses[-5:], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sft_with_its_chat_check_on_a_sharded_model(tiny_chat_model: Path, world_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sft"
+    result = run_script(
+        "run_sft.py", str(REPO / "recipes" / "sft.yaml"), "--model_name_or_path", str(tiny_chat_model),
+        "--dataset_mixture", "null", "--dataset_name", str(world_dir / "sft"),
+        "--chat_eval_file", str(world_dir / "chat_eval.jsonl"), "--replay_dataset", "null", "--replay_fraction", "0",
+        "--output_dir", str(out), "--max_steps", "10", "--save_steps", "5", "--eval_steps", "10",
+        "--logging_steps", "2", "--per_device_train_batch_size", "4", "--max_length", "128",
+        "--learning_rate", "3e-3", launcher=FSDP_ON_TWO_CPUS, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    _assert_sharded_checkpoint(out / "checkpoint-10")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"chat_fact_accuracy", "chat_identity_accuracy", "eval_loss"} <= set(metrics)
+    losses = _losses(out)
+    assert losses[-1] < losses[0] - 0.5
+    start = AutoModelForCausalLM.from_pretrained(tiny_chat_model).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert start.keys() == trained.keys() and all(v.isfinite().all() for v in trained.values())
+    assert sum(not torch.equal(start[k], trained[k]) for k in start) == len(start)  # every tensor trained
+
+
+@pytest.fixture
+def random_reward_model(tiny_chat_model: Path, tmp_path: Path) -> Path:
+    """A reward model with a random head on the tiny chat model: rewards that vary, so GRPO has a signal."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_chat_model, num_labels=1)
+    folder = tmp_path / "reward"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_chat_model).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_rlhf_with_vllm_rollouts_and_a_judge_during_training(
+    tiny_chat_model: Path, random_reward_model: Path, world_dir: Path, tmp_path: Path
+) -> None:
+    """GRPO against a reward model, rollouts from vLLM in the training processes: the engine gets the weights from
+    the shards after every step, while the judge generates with the sharded policy between steps."""
+    out = tmp_path / "rlhf"
+    prefs = json.dumps({"format": "jsonl", "path": str(world_dir / "prefs"), "split": "train"})
+    result = run_script(
+        "run_rlhf.py", str(REPO / "recipes" / "rlhf.yaml"), "--model_name_or_path", str(tiny_chat_model),
+        "--reward_model_path", str(random_reward_model), "--train_dataset", prefs,
+        "--judge_eval_file", str(world_dir / "prefs" / "judge_eval.jsonl"), "--world", str(world_dir),
+        "--max_judge_eval", "8", "--judge_every", "2", "--max_steps", "4", "--save_steps", "2",
+        "--logging_steps", "1", "--max_completion_length", "32", "--output_dir", str(out),
+        launcher=FSDP_ON_TWO_CPUS, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    _assert_sharded_checkpoint(out / "checkpoint-4")
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "reward" in h]
+    assert len(steps) == 4 and all(h["reward_std"] > 0 for h in steps)
+    # vLLM scores its samples as the trainer does: every weight sync from the shards reached the engine
+    assert max(h["sampling/sampling_logp_difference/max"] for h in steps) < 1e-3
+    assert [h["step"] for h in history if "judge/judge_score" in h] == [0, 2, 4]
+    start = AutoModelForCausalLM.from_pretrained(tiny_chat_model).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
