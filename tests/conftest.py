@@ -20,6 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # A small world for fast tests of the generator and its chat data (the default world is ~6x larger).
 SMALL = WorldConfig(seed=3, num_people=40, num_heldout_people=10, num_cities=10, num_countries=3, num_organisations=8)
+# The tiny transformer most tests train (ArchitectureArguments fields): learns the world's text in a few dozen steps.
+TINY_ARCH = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128
+)
+
+
+def tiny_arch_args() -> list[str]:
+    """TINY_ARCH as command-line arguments for scripts/run_pretrain.py."""
+    return [arg for key, value in TINY_ARCH.items() for arg in (f"--{key}", str(value))]
 
 
 def run_script(

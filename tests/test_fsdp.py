@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import REPO, run_script, tiny_arch_args
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from chatforge.pretrain import parameter_checksum
@@ -26,8 +26,6 @@ FSDP_ON_TWO_CPUS = [
     "--num_processes", "2", "--mixed_precision", "no",  # the config's bf16 is for GPUs
     str(REPO / "tests" / "fsdp_on_cpu.py"),
 ]  # fmt: skip
-TINY_ARCH = ["--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "2"]
-TINY_ARCH += ["--num_key_value_heads", "1", "--intermediate_size", "128"]
 
 
 def _pretrain(world_dir: Path, tokenizer_dir: Path, out: Path, *args: str):
@@ -35,7 +33,7 @@ def _pretrain(world_dir: Path, tokenizer_dir: Path, out: Path, *args: str):
         "run_pretrain.py", str(REPO / "recipes" / "pretrain.yaml"), "--dataset_name", str(world_dir / "corpus"),
         "--tokenizer_name_or_path", str(tokenizer_dir), "--output_dir", str(out), "--max_steps", "20",
         "--save_steps", "10", "--logging_steps", "2", "--eval_steps", "20", "--per_device_train_batch_size", "8",
-        "--block_size", "64", *TINY_ARCH, *args, launcher=FSDP_ON_TWO_CPUS, timeout=900,
+        "--block_size", "64", *tiny_arch_args(), *args, launcher=FSDP_ON_TWO_CPUS, timeout=900,
     )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, TINY_ARCH
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from chatforge.configs import RecipeError
@@ -31,9 +31,6 @@ MMLU_DEV = SHARED_DATA / "eval" / "mmlu_dev"
 needs_shared_data = pytest.mark.skipif(
     not (HELLASWAG.is_file() and MMLU_DEV.is_dir()),
     reason=f"real evaluation data not found under {SHARED_DATA / 'eval'} (the shared data checkout is absent)",
-)
-TINY_ARCH = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128
 )
 
 # Sixteen contexts, each followed in training by one known ending; labels are balanced over the four endings,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, one_line_error, run_script
+from conftest import REPO, TINY_ARCH, one_line_error, run_script, tiny_arch_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from chatforge.modeling import ArchitectureArguments
@@ -20,10 +20,6 @@ from chatforge.pretrain import PretrainConfig, PretrainScriptArguments, train
 # Measured on the default recipe (seed 42, 600 steps) on a 2-core CPU: see README. The floor leaves margin
 # for run-to-run numerical noise across machines; the baseline is always answering the commonest answer.
 FACT_ACCURACY_FLOOR = 0.45  # measured 0.540 (twice, bit-identical) with the default recipe
-
-TINY_ARCH = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128
-)
 
 
 def tiny_run(
@@ -265,7 +261,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(world_dir: Path, tokenizer_dir: Path
         "8",
         "--block_size",
         "64",
-        *sum(([f"--{k}", str(v)] for k, v in TINY_ARCH.items()), []),
+        *tiny_arch_args(),
         launcher=accelerate,
         timeout=900,
     )

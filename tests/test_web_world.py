@@ -11,7 +11,7 @@ import yaml
 
 pytest.importorskip("datatrove", reason="the web pipeline needs the `data` extra (pip install -e '.[data]')")
 
-from conftest import REPO, SMALL, run_script  # noqa: E402
+from conftest import REPO, SMALL, TINY_ARCH, run_script  # noqa: E402
 
 from chatforge.data import load_corpus  # noqa: E402
 from chatforge.web import WebDataArguments, build_web_corpus, funnel_rows  # noqa: E402
@@ -186,9 +186,7 @@ def test_pretraining_reads_token_shards(shards: Path, tokenizer_dir: Path, world
         eval_strategy="steps", eval_steps=30, logging_steps=5, save_steps=30, report_to="none", disable_tqdm=True,
         seed=0, dataloader_pin_memory=False,
     )  # fmt: skip
-    arch = ArchitectureArguments(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128
-    )
+    arch = ArchitectureArguments(**TINY_ARCH)
     trainer, metrics = train(script_args, config, arch)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0] - 1.0
