@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +41,28 @@ def run_script(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
     command = [*(launcher or [sys.executable]), str(REPO / "scripts" / script), *args]
     return subprocess.run(command, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_script_here(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `scripts/<script>` inside the test process, from the repository root, capturing what it prints.
+
+    For the bad-input checks that end before any training: a fresh interpreter spends ~7 s importing torch,
+    transformers and TRL before it reads the recipe. Each script keeps at least one check through `run_script`,
+    where anything a library prints on import would also reach stderr."""
+    argv, cwd = sys.argv, os.getcwd()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    status = 0
+    try:
+        sys.argv = [str(REPO / "scripts" / script), *args]
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    return subprocess.CompletedProcess([script, *args], status, stdout.getvalue(), stderr.getvalue())
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:

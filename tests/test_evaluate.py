@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, one_line_error, run_script
+from conftest import REPO, SHARED_DATA, one_line_error, run_script, run_script_here
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from chatforge.configs import RecipeError
@@ -198,9 +198,9 @@ def test_evaluate_script_bad_input_before_loading(tmp_path: Path) -> None:
     tasks = json.dumps({"chat": {"type": "chat_qa", "file": str(REPO / "README.md")}})
     missing = run_script("evaluate.py", recipe, "--model_name_or_path", str(tmp_path / "none"), "--tasks", tasks)
     assert f"model not found: {tmp_path}/none" in one_line_error(missing)
-    typo = run_script("evaluate.py", recipe, "--tasks", tasks, "--only", "chatt")
+    typo = run_script_here("evaluate.py", recipe, "--tasks", tasks, "--only", "chatt")
     assert "only: no task named 'chatt'; the recipe has chat" in one_line_error(typo)
-    backend = run_script("evaluate.py", recipe, "--backend", "tgi")
+    backend = run_script_here("evaluate.py", recipe, "--backend", "tgi")
     assert "backend must be one of auto, hf, vllm" in one_line_error(backend)
     broken = tmp_path / "site" / "vllm"  # a vLLM install that does not import, as with a mismatched torchvision
     broken.mkdir(parents=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, one_line_error, run_script
+from conftest import REPO, SHARED_DATA, one_line_error, run_script, run_script_here
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from chatforge.configs import RecipeError
@@ -99,9 +99,11 @@ def test_bad_input_fails_before_training(tmp_path: Path) -> None:
 
     missing = run_script("run_grpo.py", RECIPE, "--model_name_or_path", str(tmp_path / "sft"))
     assert f"model not found: {tmp_path}/sft; train the chat model first" in one_line_error(missing)
-    typo = run_script("run_grpo.py", RECIPE, "--model_name_or_path", str(tmp_path), "--rewards", "accuracy", "fromat")
+    typo = run_script_here(
+        "run_grpo.py", RECIPE, "--model_name_or_path", str(tmp_path), "--rewards", "accuracy", "fromat"
+    )
     assert "unknown reward 'fromat'" in one_line_error(typo)
-    weights = run_script("run_grpo.py", RECIPE, "--model_name_or_path", str(tmp_path), "--reward_weights", "1.0")
+    weights = run_script_here("run_grpo.py", RECIPE, "--model_name_or_path", str(tmp_path), "--reward_weights", "1.0")
     assert "reward_weights has 1 values for 2 rewards (accuracy, format)" in one_line_error(weights)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_ARCH, one_line_error, run_script, tiny_arch_args
+from conftest import REPO, TINY_ARCH, one_line_error, run_script, run_script_here, tiny_arch_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from chatforge.modeling import ArchitectureArguments
@@ -287,13 +287,13 @@ def test_missing_recipe_file(tmp_path: Path) -> None:
 def test_unknown_recipe_key(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text((REPO / "recipes" / "pretrain.yaml").read_text() + "\nlearning_rte: 0.1\n")
-    line = one_line_error(run_script("run_pretrain.py", str(recipe), "--output_dir", str(tmp_path / "out")))
+    line = one_line_error(run_script_here("run_pretrain.py", str(recipe), "--output_dir", str(tmp_path / "out")))
     assert "unknown key 'learning_rte'" in line and "learning_rate" in line and str(recipe) in line
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_architecture(tmp_path: Path, world_dir: Path, tokenizer_dir: Path) -> None:
-    result = run_script(
+    result = run_script_here(
         "run_pretrain.py",
         str(REPO / "recipes" / "pretrain.yaml"),
         "--architecture",
@@ -314,7 +314,7 @@ def test_flex_attention_on_cpu_fails_before_any_work(tmp_path: Path) -> None:
     """The GPU recipes use flex attention, which has no backward on CPU: said in one line, nothing written."""
     recipe = REPO / "recipes" / "smol-1gpu" / "pretrain.yaml"
     line = one_line_error(
-        run_script(
+        run_script_here(
             "run_pretrain.py",
             str(recipe),
             "--bf16",
@@ -339,7 +339,7 @@ def test_missing_and_empty_corpus(tmp_path: Path, world_dir: Path, tokenizer_dir
         str(tmp_path / "out"),
     ]
     line = one_line_error(
-        run_script(
+        run_script_here(
             "run_pretrain.py",
             str(REPO / "recipes" / "pretrain.yaml"),
             "--dataset_name",
@@ -355,7 +355,9 @@ def test_missing_and_empty_corpus(tmp_path: Path, world_dir: Path, tokenizer_dir
 
     Dataset.from_dict({"text": [], "id": [], "url": []}).to_parquet(str(empty / "train.parquet"))
     line = one_line_error(
-        run_script("run_pretrain.py", str(REPO / "recipes" / "pretrain.yaml"), "--dataset_name", str(empty), *common)
+        run_script_here(
+            "run_pretrain.py", str(REPO / "recipes" / "pretrain.yaml"), "--dataset_name", str(empty), *common
+        )
     )
     assert "empty" in line and "train" in line
     assert not (tmp_path / "out").exists()
@@ -363,7 +365,7 @@ def test_missing_and_empty_corpus(tmp_path: Path, world_dir: Path, tokenizer_dir
 
 def test_missing_tokenizer_says_what_to_run(tmp_path: Path, world_dir: Path) -> None:
     line = one_line_error(
-        run_script(
+        run_script_here(
             "run_pretrain.py",
             str(REPO / "recipes" / "pretrain.yaml"),
             "--dataset_name",

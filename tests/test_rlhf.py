@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, one_line_error, run_script
+from conftest import REPO, one_line_error, run_script, run_script_here
 
 from chatforge.configs import RecipeError
 from chatforge.world import World, build_preference_pairs
@@ -122,7 +122,7 @@ def test_bad_recipes_fail_before_training(tmp_path: Path, surface_pairs: Path) -
     )
     assert "chat model not found" in missing and "run_sft.py" in missing
     no_data = one_line_error(
-        run_script(
+        run_script_here(
             "run_dpo.py",
             "recipes/dpo.yaml",
             "--model_name_or_path",
@@ -251,11 +251,11 @@ def test_rlhf_recipes_fail_early(tmp_path: Path) -> None:
     recipe = yaml.safe_load((REPO / "recipes" / "rlhf.yaml").read_text())
     recipe["ppo"]["num_generations"] = 8
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
-    wrong_key = one_line_error(run_script("run_rlhf.py", str(tmp_path / "bad.yaml"), "--algorithm", "ppo"))
+    wrong_key = one_line_error(run_script_here("run_rlhf.py", str(tmp_path / "bad.yaml"), "--algorithm", "ppo"))
     assert f"{tmp_path / 'bad.yaml'} (algorithm ppo): unknown key 'num_generations'" in wrong_key
 
     no_reward = one_line_error(
-        run_script(
+        run_script_here(
             "run_rlhf.py",
             "recipes/rlhf.yaml",
             "--model_name_or_path",

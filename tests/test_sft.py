@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, one_line_error, run_script
+from conftest import REPO, one_line_error, run_script, run_script_here
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig
 
@@ -263,8 +263,10 @@ def _sft(*args: str, launcher: list[str] | None = None):
 
 
 def _sft_on(base: Path, data: Path, out: Path, *args: str):
-    """Run the SFT script on one `messages` dataset folder instead of the recipe's mixture."""
-    return _sft(
+    """Run the SFT script, in this process, on one `messages` dataset folder instead of the recipe's mixture."""
+    return run_script_here(
+        "run_sft.py",
+        str(REPO / "recipes" / "sft.yaml"),
         "--model_name_or_path",
         str(base),
         "--dataset_mixture",
