@@ -136,8 +136,10 @@ def test_rlhf_with_vllm_rollouts_and_a_judge_during_training(
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     steps = [h for h in history if "reward" in h]
     assert len(steps) == 4 and all(h["reward_std"] > 0 for h in steps)
-    # vLLM scores its samples as the trainer does: every weight sync from the shards reached the engine
-    assert max(h["sampling/sampling_logp_difference/max"] for h in steps) < 1e-3
+    # every weight sync from the shards reached the engine: without the syncs vLLM's log-probabilities of its own
+    # samples drift from the trainer's to 0.012 and 0.038 by steps 3 and 4 (measured); with them the gap stays
+    # under 1e-3 here (up to 9e-4 by step 4, the same in one process: a residual that is not FSDP's)
+    assert max(h["sampling/sampling_logp_difference/max"] for h in steps) < 5e-3
     assert [h["step"] for h in history if "judge/judge_score" in h] == [0, 2, 4]
     start = AutoModelForCausalLM.from_pretrained(tiny_chat_model).state_dict()
     trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
