@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -41,6 +42,11 @@ def run_script(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
     command = [*(launcher or [sys.executable]), str(REPO / "scripts" / script), *args]
     return subprocess.run(command, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def rank_checksums(stderr: str) -> dict[str, str]:
+    """The parameter SHA-256 each rank of a multi-process pretraining run logged, by rank."""
+    return dict(re.findall(r"rank (\d) parameter sha256: ([0-9a-f]{64})", stderr))
 
 
 def run_script_here(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -8,14 +8,13 @@ torch's real `fully_shard` runs here (see that file)."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_script, tiny_arch_args
+from conftest import REPO, rank_checksums, run_script, tiny_arch_args
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from chatforge.pretrain import parameter_checksum
@@ -37,10 +36,6 @@ def _pretrain(world_dir: Path, tokenizer_dir: Path, out: Path, *args: str):
     )  # fmt: skip
 
 
-def _checksums(stderr: str) -> dict[str, str]:
-    return dict(re.findall(r"rank (\d) parameter sha256: ([0-9a-f]{64})", stderr))
-
-
 def _losses(folder: Path) -> list[float]:
     history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
     return [h["loss"] for h in history if "loss" in h]
@@ -60,7 +55,7 @@ def test_pretraining_saves_the_whole_model_and_resumes_exactly_from_shards(
     full = tmp_path / "full"
     result = _pretrain(world_dir, tokenizer_dir, full, "--facts_file", str(world_dir / "facts.jsonl"))
     assert result.returncode == 0, result.stderr[-5000:]
-    checksums = _checksums(result.stderr)
+    checksums = rank_checksums(result.stderr)
     assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"], result.stderr[-3000:]
     for step in (10, 20):
         _assert_sharded_checkpoint(full / f"checkpoint-{step}")
@@ -77,7 +72,7 @@ def test_pretraining_saves_the_whole_model_and_resumes_exactly_from_shards(
     shutil.copytree(full / "checkpoint-10", crashed / "checkpoint-10")
     result = _pretrain(world_dir, tokenizer_dir, crashed, "--facts_file", "null", "--resume_from_checkpoint", "last")
     assert result.returncode == 0, result.stderr[-5000:]
-    assert "resuming from" in result.stderr and _checksums(result.stderr) == checksums  # bit for bit
+    assert "resuming from" in result.stderr and rank_checksums(result.stderr) == checksums  # bit for bit
     assert _losses(crashed)[-5:] == pytest.approx(losses[-5:], rel=1e-5)
 
 

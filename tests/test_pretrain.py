@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_ARCH, one_line_error, run_script, run_script_here, tiny_arch_args
+from conftest import REPO, TINY_ARCH, one_line_error, rank_checksums, run_script, run_script_here, tiny_arch_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from chatforge.modeling import ArchitectureArguments
@@ -266,7 +266,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(world_dir: Path, tokenizer_dir: Path
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-5000:]
-    checksums = dict(re.findall(r"rank (\d) parameter sha256: ([0-9a-f]{64})", result.stderr))
+    checksums = rank_checksums(result.stderr)
     assert set(checksums) == {"0", "1"}, result.stderr[-3000:]
     assert checksums["0"] == checksums["1"]
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]

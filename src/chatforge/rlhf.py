@@ -173,10 +173,9 @@ class JudgeCallback(TrainerCallback):
         self.judge, self.rows, self.tokenizer, self.scorer, self.every = judge, rows, tokenizer, scorer, every
         self.last_step = -1
 
-    def evaluate(self, model: Any, step: int) -> dict[str, float]:
+    def evaluate(self, policy: Any, step: int) -> dict[str, float]:
         from chatforge.evaluation.judge import judge_policy
 
-        policy = getattr(model, "policy", model)  # chatforge's PPO passes its policy-and-value wrapper
         was_training = policy.training
         result = judge_policy(policy, self.tokenizer, self.rows, self.judge, scorer=self.scorer)
         reshard(policy)  # FSDP2: back into shards before the next rollout's weight sync reads them
@@ -185,10 +184,10 @@ class JudgeCallback(TrainerCallback):
         return {f"judge/{k}": v for k, v in result.items() if k in JUDGE_KEYS or k.endswith("_correct")}
 
     def _log(self, state: Any, model: Any) -> None:
-        policy = getattr(model, "policy", model)
+        policy = getattr(model, "policy", model)  # chatforge's PPO passes its policy-and-value wrapper
         if state.global_step == self.last_step or not runs_generation_checks(policy, state.is_world_process_zero):
             return
-        scores = self.evaluate(model, state.global_step)
+        scores = self.evaluate(policy, state.global_step)
         if not state.is_world_process_zero:  # a rank holding a shard joins the generation, the main one logs
             return
         state.log_history.append({**scores, "step": state.global_step})
