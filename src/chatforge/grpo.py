@@ -447,7 +447,7 @@ def refresh_tied_lm_head(vllm_model: torch.nn.Module) -> None:
     With tied embeddings the checkpoint has no `lm_head.weight`, so `reload_weights` skips the head ("ParallelLMHead:
     Failed to load weights") and its oneDNN-packed copy of the embedding matrix stays stale: sampling would go on
     from the old output layer while the trainer scores with the new one (measured: the sampling logprob gap grew
-    from 0.07 to 0.77 over 300 steps and GRPO collapsed). Point the head at the new embedding and repack it.
+    from 0.07 to 0.77 over 300 steps and GRPO collapsed). Repack the head from the new embedding.
     """
     head, inner = getattr(vllm_model, "lm_head", None), getattr(vllm_model, "model", None)
     embed = getattr(inner, "embed_tokens", None)
