@@ -230,17 +230,20 @@ def _eval_tasks(world_dir: Path) -> dict:
 @pytest.mark.slow
 def test_evaluate_default_pretrain(default_pretrain: Path, world_dir: Path, tmp_path: Path) -> None:
     """The default recipe's tasks on the default base model: it knows its facts, and the metrics agree with
-    what pretraining measured on its own."""
+    what pretraining measured on its own. The generation-heavy tasks a base model fails anyway run on samples
+    (math: 40 of the recipe's 250 problems, 4 samples each, took 55 of the 80 s; tools: 48 of 160 questions)."""
+    recipe_tasks = _eval_tasks(world_dir)
+    recipe_tasks["world_math"]["limit"], recipe_tasks["tools"]["limit"] = 40, 48
     result = run_script(
         "evaluate.py", str(REPO / "recipes" / "eval.yaml"), "--model_name_or_path", str(default_pretrain),
-        "--tasks", json.dumps(_eval_tasks(world_dir)), "--output_dir", str(tmp_path), "--backend", "hf",
+        "--tasks", json.dumps(recipe_tasks), "--output_dir", str(tmp_path), "--backend", "hf",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval_results.json").read_text())
     tasks = results["tasks"]
     assert set(tasks) == {"world_bpb", "world_facts", "world_facts_mc", "world_math", "chat", "hallucination", "tools"}
     # a base model was never shown a tool call: it answers no 3-digit product
-    assert tasks["tools"]["multiplication_accuracy_with_tools"] == 0 and tasks["tools"]["num_questions"] == 160
+    assert tasks["tools"]["multiplication_accuracy_with_tools"] == 0 and tasks["tools"]["num_questions"] == 48
     trained = json.loads((default_pretrain / "metrics.json").read_text())
     # per-document bits/byte is a little higher than the packed eval (less context before each document)
     assert (
@@ -251,10 +254,7 @@ def test_evaluate_default_pretrain(default_pretrain: Path, world_dir: Path, tmp_
     assert mc["baseline"] == 0.25 and mc["accuracy"] > 0.6  # a model whose knowledge we measured picks the truth
     assert mc["accuracy"] >= tasks["world_facts"]["accuracy"] - 0.05  # recognising is easier than recalling
     assert 0 <= tasks["hallucination"]["hallucination_rate"] <= 1 and "known_accuracy" in tasks["hallucination"]
-    assert (
-        tasks["world_math"]["num_problems"] == _eval_tasks(world_dir)["world_math"]["limit"]
-        and tasks["world_math"]["pass@4"] >= tasks["world_math"]["pass@1"]
-    )
+    assert tasks["world_math"]["num_problems"] == 40 and tasks["world_math"]["pass@4"] >= tasks["world_math"]["pass@1"]
     assert "world_facts_mc: " not in result.stdout and "world_facts_mc (" in result.stdout
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
@@ -32,3 +35,44 @@ def reshard(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
+
+
+@contextmanager
+def gathered_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block every DeepSpeed ZeRO-3 parameter is whole on this rank (outside, each holds an empty
+    placeholder and its shard). Call it on every rank: the gather is a collective. A no-op for other models."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
+
+
+@contextmanager
+def loads_whole(training_args: object) -> Iterator[None]:
+    """Models loaded inside the block hold all their weights on every rank.
+
+    Under DeepSpeed ZeRO-3, `from_pretrained` partitions a model as it loads it, which suits the models an engine
+    will wrap (the policy, TRL's reference model) but leaves a model that is only called (a reward model used as
+    a reward function) with empty placeholders. A no-op without DeepSpeed."""
+    from transformers.integrations import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    if plugin is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    # transformers partitions at load while a ZeRO-3 config is registered; accelerate's
+    # `zero3_init_context_manager(enable=False)` registers the same stage-3 config again, so it is unregistered here
+    # and the plugin's own (the one registered by the training arguments) put back after
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(plugin.dschf)

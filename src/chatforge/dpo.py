@@ -12,7 +12,7 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local
-from chatforge.distributed import runs_generation_checks
+from chatforge.distributed import gathered_weights, runs_generation_checks
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
@@ -82,7 +82,8 @@ def train(
     ref_model = None if peft_config else AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     metrics: dict[str, Any] = {"train_pairs": len(train_pairs)}
     if judged:
-        before = judge_policy(model, tokenizer, judged[1], judged[0])
+        with gathered_weights(model):  # ZeRO-3 loads the model partitioned; it has no engine yet
+            before = judge_policy(model, tokenizer, judged[1], judged[0])
         metrics.update({f"before_{k}": v for k, v in before.items() if isinstance(v, float)})
         logger.info("judge before DPO: %s", {k: round(v, 3) for k, v in before.items() if isinstance(v, float)})
     keep = ["prompt", "chosen", "rejected"]

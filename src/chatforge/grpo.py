@@ -26,7 +26,7 @@ from trl import GRPOConfig, ModelConfig, ScriptArguments
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local, require_model
-from chatforge.distributed import runs_generation_checks
+from chatforge.distributed import gathered_weights, runs_generation_checks
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.evaluation.math import math_accuracy, question_messages
 from chatforge.generation import chat_stop_token_ids
@@ -332,7 +332,8 @@ def train(
     max_new = training_args.max_completion_length
     metrics: dict = {"train_problems": len(train_dataset), "skipped_problems": skipped}
     if eval_problems and script_args.eval_before_training:
-        before = score_heldout(model, tokenizer, eval_problems, script_args, max_new, training_args.seed, tools)
+        with gathered_weights(model):  # ZeRO-3 loads the model partitioned; it has no engine yet
+            before = score_heldout(model, tokenizer, eval_problems, script_args, max_new, training_args.seed, tools)
         metrics.update({f"before_{k}": v for k, v in before.items() if not k.endswith("examples")})
         logger.info("held-out scores before GRPO: %s", {k: v for k, v in metrics.items() if k.startswith("before")})
 

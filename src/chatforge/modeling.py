@@ -110,9 +110,14 @@ def build_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
 
 
 def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
+    """Number of distinct parameters (tied weights counted once; ZeRO-3 partitions by their whole size)."""
     params = {id(p): p for p in model.parameters()}
-    total = sum(p.numel() for p in params.values())
+    total = sum(_numel(p) for p in params.values())
     if exclude_embeddings:
-        total -= model.get_input_embeddings().weight.numel()
+        total -= _numel(model.get_input_embeddings().weight)
     return total
+
+
+def _numel(param: torch.Tensor) -> int:
+    # a ZeRO-3 partitioned parameter is an empty placeholder; `ds_numel` is the size of the whole
+    return getattr(param, "ds_numel", param.numel())

@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import BlockCollator, load_corpus, looks_local, pack_dataset
-from chatforge.distributed import runs_generation_checks
+from chatforge.distributed import gathered_weights, runs_generation_checks
 from chatforge.evaluation.facts import fact_completion_accuracy, load_facts
 from chatforge.flops import training_flops_per_token
 from chatforge.hub import push_stage_output
@@ -170,14 +170,15 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes: equal on all ranks iff their weights are identical. Under FSDP2 the
-    parameters are DTensor shards; each is gathered whole first, so call this on every rank."""
+    """SHA-256 of every parameter's bytes: equal on all ranks iff their weights are identical. Sharded weights
+    (FSDP2's DTensors, ZeRO-3's partitions) are gathered whole first, so call this on every rank."""
     digest = hashlib.sha256()
-    for name, param in sorted(model.state_dict().items()):
-        if isinstance(param, DTensor):
-            param = param.full_tensor()
-        digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    with gathered_weights(model):
+        for name, param in sorted(model.state_dict().items()):
+            if isinstance(param, DTensor):
+                param = param.full_tensor()
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -22,6 +22,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import looks_local, require_model
+from chatforge.distributed import gathered_weights
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
 from chatforge.outputs import save_stage_folder, save_weights
@@ -173,7 +174,8 @@ def train(
     model.config.pad_token_id = tokenizer.pad_token_id
     metrics: dict[str, Any] = {"train_pairs": len(train_pairs)}
     if test_pairs is not None:
-        before = pairwise_accuracy(model, tokenizer, test_pairs, training_args.max_length)
+        with gathered_weights(model):  # ZeRO-3 loads the model partitioned; it has no engine yet
+            before = pairwise_accuracy(model, tokenizer, test_pairs, training_args.max_length)
         metrics["before_pairwise_accuracy"] = before["accuracy"]
         logger.info("pairwise accuracy before training (random head): %.3f", before["accuracy"])
     keep = ["prompt", "chosen", "rejected"]

@@ -34,7 +34,7 @@ from trl import ModelConfig, RLOOConfig
 
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null, split_recipe_arg
 from chatforge.data import looks_local, require_model
-from chatforge.distributed import reshard, runs_generation_checks
+from chatforge.distributed import loads_whole, reshard, runs_generation_checks
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
 from chatforge.model_card import write_model_card
@@ -293,8 +293,10 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not tokenizer.chat_template:
         raise RecipeError(f"{model_path} has no chat template; RLHF prompts are conversations (train SFT first)")
-    device = "cuda" if torch.cuda.is_available() and not getattr(training_args, "use_cpu", False) else "cpu"
-    scorer = RewardModelScorer(script_args.reward_model_path, device, script_args.reward_batch_size)
+    # this process's device (cuda:<local rank> under a multi-GPU launch), and the scorer whole on every rank:
+    # it is called directly as a reward function, never wrapped by a DeepSpeed engine
+    with loads_whole(training_args):
+        scorer = RewardModelScorer(script_args.reward_model_path, training_args.device, script_args.reward_batch_size)
     if scorer.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise RecipeError(f"{script_args.reward_model_path} and {model_path} use different tokenizers")
     callbacks = list(callbacks or [])

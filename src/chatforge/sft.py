@@ -15,7 +15,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_co
 from chatforge.chat_data import check_generation_tags, validate_conversations
 from chatforge.configs import DeviceDefaults, RecipeError, none_if_null
 from chatforge.data import load_corpus, looks_local, require_model
-from chatforge.distributed import runs_generation_checks
+from chatforge.distributed import gathered_weights, runs_generation_checks
 from chatforge.evaluation.chat_qa import chat_accuracy, load_chat_eval
 from chatforge.generation import chat_stop_token_ids
 from chatforge.hub import push_stage_output
@@ -169,7 +169,8 @@ def train(
     )
     metrics: dict = {}
     if chat_eval and script_args.eval_before_training:
-        before = chat_accuracy(model, tokenizer, chat_eval)
+        with gathered_weights(model):  # ZeRO-3 loads the model partitioned; it has no engine yet
+            before = chat_accuracy(model, tokenizer, chat_eval)
         metrics.update({f"before_chat_{k}": v for k, v in before.items() if k.endswith("accuracy")})
         logger.info("chat eval before SFT: %s", {k: v for k, v in metrics.items()})
 
