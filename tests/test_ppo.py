@@ -255,7 +255,9 @@ def test_checkpoint_and_resume(tiny_chat_model: Path, prompts: Dataset, tmp_path
     assert AutoTokenizer.from_pretrained(tmp_path / "final").chat_template
 
 
-def test_bad_configs_fail_before_training(tiny_chat_model: Path, prompts: Dataset, tmp_path: Path) -> None:
+def test_bad_configs_fail_before_training(
+    tiny_chat_model: Path, prompts: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(RecipeError, match=r"num_mini_batches \(3\) must divide per_device_train_batch_size \(16\)"):
         PPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=16, num_mini_batches=3)
     with pytest.raises(RecipeError, match="lam must be in"):
@@ -267,6 +269,10 @@ def test_bad_configs_fail_before_training(tiny_chat_model: Path, prompts: Datase
         make_trainer(tiny_chat_model, no_prompt, tmp_path, max_steps=2)
     with pytest.raises(RecipeError, match="fewer than one rollout batch"):
         make_trainer(tiny_chat_model, prompts.select(range(8)), tmp_path, max_steps=2)
+    with monkeypatch.context() as launched:  # `accelerate launch --config_file accelerate_configs/fsdp.yaml`
+        launched.setenv("ACCELERATE_USE_FSDP", "true")
+        with pytest.raises(RecipeError, match="DeepSpeed and FSDP are not supported: use --algorithm grpo or rloo"):
+            make_trainer(tiny_chat_model, prompts, tmp_path, max_steps=2)
     trainer = make_trainer(tiny_chat_model, prompts, tmp_path / "empty", max_steps=2)
     with pytest.raises(RecipeError, match="no checkpoint in"):
         trainer.train(resume_from_checkpoint=True)

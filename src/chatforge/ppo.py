@@ -749,8 +749,14 @@ def check_ppo_inputs(
         raise RecipeError(f"args must be a PPOConfig, got {type(args).__name__}")
     if args.max_steps is None or args.max_steps <= 0:
         raise RecipeError("max_steps must be set (> 0): PPO counts rollout steps, not epochs")
-    if args.deepspeed or args.fsdp:
-        raise RecipeError("PPOTrainer runs on one process or DDP; deepspeed and fsdp are not supported")
+    # an accelerate config (`accelerate launch --config_file accelerate_configs/zero3.yaml`) sets no argument, only
+    # the launcher's environment: the run failed a minute later inside vLLM's weight loader
+    sharded = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if args.deepspeed or args.fsdp or getattr(args, "deepspeed_plugin", None) is not None or sharded:
+        raise RecipeError(
+            "PPOTrainer runs on one process or DDP (accelerate_configs/ddp.yaml); DeepSpeed and FSDP are not "
+            "supported: use --algorithm grpo or rloo for sharded training"
+        )
     if args.eval_strategy not in ("no", None):
         raise RecipeError("eval_strategy must be 'no': PPOTrainer has no evaluation loop")
     if "prompt" not in getattr(dataset, "column_names", []):
