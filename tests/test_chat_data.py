@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMALL
+from conftest import REPO, SMALL, run_script
 
 from chatforge.chat_data import check_generation_tags, load_oasst_trees, validate_conversations
 from chatforge.configs import RecipeError
@@ -522,15 +519,8 @@ def test_run_data_writes_chat_files(tmp_path: Path) -> None:
 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("num_people: 12\nnum_heldout_people: 3\nnum_cities: 5\nnum_countries: 2\nnum_organisations: 4\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        str(ROOT / "scripts" / "run_data.py"),
-        str(recipe),
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    command = [str(recipe), "--output_dir", str(tmp_path / "out")]
+    result = run_script("run_data.py", *command, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     for name in ("sft/train.jsonl", "sft/test.jsonl", "identity/train.jsonl", "chat_eval.jsonl", "probe.jsonl"):
@@ -544,13 +534,9 @@ def test_run_data_writes_chat_files(tmp_path: Path) -> None:
     assert "sft conversations (train / test)" in result.stdout and "chat eval questions" in result.stdout
     eval_rows = [json.loads(line) for line in (out / "chat_eval.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in eval_rows} == {"fact", "identity"}
-    result = subprocess.run(
-        [*command, "--sft_people_fraction", "1.5"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    result = run_script("run_data.py", *command, "--sft_people_fraction", "1.5", cwd=tmp_path)
     assert result.returncode == 2 and "sft_people_fraction" in result.stderr
-    result = subprocess.run(
-        [*command, "--probe_people_fraction", "0.9"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    result = run_script("run_data.py", *command, "--probe_people_fraction", "0.9", cwd=tmp_path)
     assert (
         result.returncode == 2 and "error: probe_people_fraction must be in [0, sft_people_fraction" in result.stderr
     )

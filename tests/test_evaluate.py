@@ -196,7 +196,9 @@ def test_task_recipe_errors(tmp_path: Path) -> None:
 def test_evaluate_script_bad_input_before_loading(tmp_path: Path) -> None:
     recipe = str(REPO / "recipes" / "eval.yaml")
     tasks = json.dumps({"chat": {"type": "chat_qa", "file": str(REPO / "README.md")}})
-    missing = run_script("evaluate.py", recipe, "--model_name_or_path", str(tmp_path / "none"), "--tasks", tasks)
+    missing = run_script(
+        "evaluate.py", recipe, "--model_name_or_path", str(tmp_path / "none"), "--tasks", tasks, fresh=True
+    )
     assert f"model not found: {tmp_path}/none" in one_line_error(missing)
     typo = run_script_here("evaluate.py", recipe, "--tasks", tasks, "--only", "chatt")
     assert "only: no task named 'chatt'; the recipe has chat" in one_line_error(typo)

@@ -98,7 +98,7 @@ def test_bad_input_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=r"bad.jsonl: no usable problems \(skipped 1\)"):
         load_grpo_dataset(GRPOScriptArguments(dataset_name=str(all_bad)))
 
-    missing = run_script("run_grpo.py", RECIPE, "--model_name_or_path", str(tmp_path / "sft"))
+    missing = run_script("run_grpo.py", RECIPE, "--model_name_or_path", str(tmp_path / "sft"), fresh=True)
     assert f"model not found: {tmp_path}/sft; train the chat model first" in one_line_error(missing)
     typo = run_script_here(
         "run_grpo.py", RECIPE, "--model_name_or_path", str(tmp_path), "--rewards", "accuracy", "fromat"

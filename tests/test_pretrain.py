@@ -280,7 +280,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(world_dir: Path, tokenizer_dir: Path
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:
-    line = one_line_error(run_script("run_pretrain.py", str(tmp_path / "nope.yaml")))
+    line = one_line_error(run_script("run_pretrain.py", str(tmp_path / "nope.yaml"), fresh=True))
     assert "recipe file not found" in line and "nope.yaml" in line
 
 

@@ -118,7 +118,7 @@ def test_bad_recipes_fail_before_training(tmp_path: Path, surface_pairs: Path) -
     with pytest.raises(RecipeError, match="test_dataset is not valid JSON"):
         RewardScriptArguments(train_dataset=_spec(surface_pairs, "train"), test_dataset="{nope")
     missing = one_line_error(
-        run_script("run_reward.py", "recipes/reward.yaml", "--model_name_or_path", str(tmp_path / "sft"))
+        run_script("run_reward.py", "recipes/reward.yaml", "--model_name_or_path", str(tmp_path / "sft"), fresh=True)
     )
     assert "chat model not found" in missing and "run_sft.py" in missing
     no_data = one_line_error(
@@ -245,7 +245,7 @@ def test_rlhf_recipes_fail_early(tmp_path: Path) -> None:
         RLHFScriptArguments(algorithm="ppo2")
     assert recipe_algorithm(["recipes/rlhf.yaml"]) == "grpo"
     assert recipe_algorithm(["recipes/rlhf.yaml", "--algorithm", "rloo"]) == "rloo"
-    bad = one_line_error(run_script("run_rlhf.py", "recipes/rlhf.yaml", "--algorithm", "ppo2"))
+    bad = one_line_error(run_script("run_rlhf.py", "recipes/rlhf.yaml", "--algorithm", "ppo2", fresh=True))
     assert "algorithm: unknown 'ppo2'" in bad
     # a section's keys must belong to its algorithm's config: the error names the recipe and the section
     recipe = yaml.safe_load((REPO / "recipes" / "rlhf.yaml").read_text())

@@ -259,7 +259,8 @@ def test_chat_session_keeps_history_and_resets(default_sft: Path) -> None:
 
 
 def _sft(*args: str, launcher: list[str] | None = None):
-    return run_script("run_sft.py", str(REPO / "recipes" / "sft.yaml"), *args, launcher=launcher)
+    """The SFT script in a new interpreter (what it prints on import counts) or under `launcher`."""
+    return run_script("run_sft.py", str(REPO / "recipes" / "sft.yaml"), *args, launcher=launcher, fresh=True)
 
 
 def _sft_on(base: Path, data: Path, out: Path, *args: str):

@@ -134,7 +134,8 @@ def test_benchmark_profiles_a_run_and_lists_where_its_steps_go(tmp_path: Path) -
 
 
 def test_benchmark_bad_run_fails_in_one_line_before_any_work() -> None:
-    line = one_line_error(run_script("benchmark_pretrain.py", "--sizes", "tiny", "--runs", "trainer,trainer+turbo"))
+    bad = run_script("benchmark_pretrain.py", "--sizes", "tiny", "--runs", "trainer,trainer+turbo", fresh=True)
+    line = one_line_error(bad)
     assert "unknown option 'turbo'" in line and "compile" in line
 
 

@@ -263,7 +263,7 @@ def test_chat_script_with_tools(tool_model: ToolModel) -> None:
         "arguments": arguments,
     }
     assert lines[2:] == ["</tool_call>", f"[{tool_message['name']}] {tool_message['content']}", answer["content"]]
-    bad = run_script("chat.py", *common, "--tools", "python,shell", "--prompt", "hi")
+    bad = run_script("chat.py", *common, "--tools", "python,shell", "--prompt", "hi", fresh=True)
     assert "unknown tool 'shell'" in one_line_error(bad)
 
 

@@ -288,7 +288,9 @@ def test_run_data_writes_the_tool_files(tmp_path: Path) -> None:
     index = SearchIndex.load(out / "search")
     for row in [r for r in eval_rows if r["kind"] == "search"]:
         assert index.search(row["subject"], k=1)[0].title == row["subject"]
-    bad = run_script("run_data.py", str(recipe), "--output_dir", str(out), "--tools_conversations", "2", cwd=tmp_path)
+    bad = run_script(
+        "run_data.py", str(recipe), "--output_dir", str(out), "--tools_conversations", "2", cwd=tmp_path, fresh=True
+    )
     assert "tools_conversations must be >= 4" in one_line_error(bad)
     none = run_script("run_data.py", str(recipe), "--output_dir", str(tmp_path / "no"), "--tools_data", "false")
     assert none.returncode == 0 and not (tmp_path / "no" / "tools_sft").exists()

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import SMALL
+from conftest import SMALL, run_script
 
 from chatforge.configs import RecipeError
 from chatforge.world import World, WorldConfig, split_documents, write_corpus
@@ -142,9 +140,7 @@ def test_bad_config_raises() -> None:
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    script = str(ROOT / "scripts" / "run_data.py")
-    return subprocess.run([sys.executable, script, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return run_script("run_data.py", *args, cwd=cwd)
 
 
 def test_run_data_script_writes_files(tmp_path: Path) -> None:

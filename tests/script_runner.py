@@ -1,0 +1,149 @@
+"""Run scripts in children of a warm fork server: a fresh process per run, without the import time.
+
+A new interpreter spends ~7 s importing torch, transformers, TRL and vLLM before a script reads its recipe, and the
+suite runs scripts dozens of times. The server (this file run as a program) imports them once, computing nothing (so
+no thread pool exists yet and forking is safe, as it is for DataLoader workers), then forks a child per request. The
+child is its own process, as with `python scripts/x.py`: output captured at the file-descriptor level (libraries and
+subprocesses included), the interpreter's exit code, and whatever state the script changes dies with it.
+
+Written by hand: `multiprocessing`'s fork server re-runs the parent's main module in every child (pytest's, here).
+Two differences from a fresh interpreter, and how they are handled: (1) modules read some environment variables when
+imported (huggingface_hub's HF_HUB_OFFLINE, datasets' cache paths), so a run whose environment differs from the
+server's goes to a real interpreter instead; (2) nothing a library prints on import reaches a run's stderr, so tests
+of a script's error output keep a run per script in a real interpreter (`fresh=True` in conftest.run_script).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import os
+import runpy
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+# What the scripts import; a module that fails to import is left to the script.
+PRELOAD = [
+    "torch",
+    "transformers",
+    "transformers.trainer",
+    "datasets",
+    "peft",
+    "trl",
+    "vllm",
+    *(f"chatforge.{name}" for name in (
+        "pretrain", "sft", "grpo", "rlhf", "dpo", "reward", "factuality", "evaluation.runner", "tool_loop",
+        "vllm_backend", "generation", "throughput", "tokenizer", "token_shards", "web", "world", "pipeline",
+    )),
+]  # fmt: skip
+
+
+def _exit_code(code: object) -> int:
+    """The status a Python interpreter exits with for `SystemExit(code)` (printing a non-int code, as it does)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _become_script(request: dict) -> None:
+    """In the forked child: become `python script *args` with output to the request's files, then exit like it."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for fd, key in ((1, "stdout"), (2, "stderr")):
+        target = os.open(request[key], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdin = open(0)  # noqa: SIM115 (the process ends below)
+    sys.stdout = open(1, "w")  # noqa: SIM115
+    sys.stderr = open(2, "w")  # noqa: SIM115
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    script = request["script"]
+    sys.argv = [script, *request["args"]]
+    sys.path.insert(0, str(Path(script).parent))
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = _exit_code(exit_.code)
+    except BaseException:  # noqa: BLE001 (printed as the interpreter prints an uncaught exception)
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()  # what interpreter shutdown runs (logging handlers, engines' cleanups)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    """Import PRELOAD, then per request line on stdin: fork, answer the child's pid, wait, answer its exit status."""
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001, S112 (the script will import what it needs itself)
+            continue
+    answers = sys.stdout
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _become_script(request)
+        answers.write(json.dumps({"pid": pid}) + "\n")
+        answers.flush()
+        _, status = os.waitpid(pid, 0)
+        answers.write(json.dumps({"status": os.waitstatus_to_exitcode(status)}) + "\n")
+        answers.flush()
+
+
+class ForkServer:
+    """A client of one server process, started on first use with the environment it imports under."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen(
+                [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, env=self.env, text=True, bufsize=1,
+            )  # fmt: skip
+            atexit.register(self.process.stdin.close)  # the server ends when its input does
+        return self.process
+
+    def run(
+        self, script: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess | None:
+        """`python script *args` in a forked child; None when `env` is not the server's (run it for real then)."""
+        if env != self.env:
+            return None
+        server = self._start()
+        with tempfile.TemporaryDirectory(prefix="script_run_") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = dict(script=script, args=args, cwd=str(cwd), env=env, stdout=str(out), stderr=str(err))
+            server.stdin.write(json.dumps(request) + "\n")
+            pid = json.loads(server.stdout.readline())["pid"]
+            ready, _, _ = select.select([server.stdout], [], [], timeout)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            status = json.loads(server.stdout.readline())["status"]
+            if not ready:
+                raise subprocess.TimeoutExpired([script, *args], timeout, out.read_text(), err.read_text())
+            return subprocess.CompletedProcess([script, *args], status, out.read_text(), err.read_text())
+
+
+if __name__ == "__main__":
+    serve()
