@@ -9,7 +9,8 @@ subprocesses included), the interpreter's exit code, and whatever state the scri
 Written by hand: `multiprocessing`'s fork server re-runs the parent's main module in every child (pytest's, here).
 Two differences from a fresh interpreter, and how they are handled: (1) modules read some environment variables when
 imported (huggingface_hub's HF_HUB_OFFLINE, datasets' cache paths), so a run whose environment differs from the
-server's goes to a real interpreter instead; (2) nothing a library prints on import reaches a run's stderr, so tests
+server's goes to a real interpreter instead, unless the differences are what importing the libraries sets (vLLM sets
+eight variables, so a test process that has imported it still gets the server); (2) nothing a library prints on import reaches a run's stderr, so tests
 of a script's error output keep a run per script in a real interpreter (`fresh=True` in conftest.run_script).
 """
 
@@ -89,13 +90,16 @@ def _become_script(request: dict) -> None:
 
 
 def serve() -> None:
-    """Import PRELOAD, then per request line on stdin: fork, answer the child's pid, wait, answer its exit status."""
+    """Import PRELOAD and answer the environment that left; then per request line on stdin: fork, answer the child's
+    pid, wait, answer its exit status."""
     for module in PRELOAD:
         try:
             importlib.import_module(module)
         except Exception:  # noqa: BLE001, S112 (the script will import what it needs itself)
             continue
     answers = sys.stdout
+    answers.write(json.dumps(dict(os.environ)) + "\n")
+    answers.flush()
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
@@ -113,6 +117,7 @@ class ForkServer:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
+        self.imported_env: dict[str, str] = {}  # the server's environment after its imports
         self.process: subprocess.Popen | None = None
 
     def _start(self) -> subprocess.Popen:
@@ -122,13 +127,24 @@ class ForkServer:
                 stderr=subprocess.DEVNULL, env=self.env, text=True, bufsize=1,
             )  # fmt: skip
             atexit.register(self.process.stdin.close)  # the server ends when its input does
+            self.imported_env = json.loads(self.process.stdout.readline())
         return self.process
+
+    def serves(self, env: dict[str, str]) -> bool:
+        """Whether a run under `env` behaves as in a fresh interpreter: each variable as the server started, or as
+        its imports set it."""
+        self._start()
+        return all(
+            env.get(key) == self.env.get(key) or env.get(key) == self.imported_env.get(key)
+            for key in env.keys() | self.env.keys()
+        )
 
     def run(
         self, script: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float
     ) -> subprocess.CompletedProcess | None:
-        """`python script *args` in a forked child; None when `env` is not the server's (run it for real then)."""
-        if env != self.env:
+        """`python script *args` in a forked child; None when the server cannot stand for a fresh interpreter under
+        `env` (run it for real then)."""
+        if not self.serves(env):
             return None
         server = self._start()
         with tempfile.TemporaryDirectory(prefix="script_run_") as folder:
