@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ENV = {"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}  # how run_script runs every script
-FORK_SERVER = script_runner.ForkServer({**os.environ, **RUN_ENV})  # imports under the environment runs start with
+FORK_SERVER = script_runner.ForkServer()
 SHARED_DATA = REPO.parent / "shared" / "data"
 # A small world for fast tests of the generator and its chat data (the default world is ~6x larger).
 SMALL = WorldConfig(seed=3, num_people=40, num_heldout_people=10, num_cities=10, num_countries=3, num_organisations=8)

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 # What the scripts import; a module that fails to import is left to the script.
@@ -113,40 +114,53 @@ def serve() -> None:
 
 
 class ForkServer:
-    """A client of one server process, started on first use with the environment it imports under."""
+    """A client of one server process, started by the first run with that run's environment."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.imported_env: dict[str, str] = {}  # the server's environment after its imports
+    IGNORED = frozenset({"PYTEST_CURRENT_TEST"})  # pytest's name of the running test, read by no library
+
+    def __init__(self) -> None:
+        self.env: dict[str, str] = {}  # the environment the server started with
+        self.imported_env: dict[str, str] = {}  # and the one its imports left
         self.process: subprocess.Popen | None = None
 
-    def _start(self) -> subprocess.Popen:
+    def _start(self, env: dict[str, str]) -> subprocess.Popen:
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen(
                 [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, env=self.env, text=True, bufsize=1,
+                stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1,
             )  # fmt: skip
-            atexit.register(self.process.stdin.close)  # the server ends when its input does
-            self.imported_env = json.loads(self.process.stdout.readline())
+            atexit.register(self._stop, self.process)
+            self.env, self.imported_env = dict(env), json.loads(self.process.stdout.readline())
         return self.process
 
-    def serves(self, env: dict[str, str]) -> bool:
-        """Whether a run under `env` behaves as in a fresh interpreter: each variable as the server started, or as
-        its imports set it."""
-        self._start()
-        return all(
-            env.get(key) == self.env.get(key) or env.get(key) == self.imported_env.get(key)
-            for key in (env.keys() | self.env.keys()) - {"PYTEST_CURRENT_TEST"}  # pytest's, read by no library
+    @staticmethod
+    def _stop(process: subprocess.Popen) -> None:
+        """End the server: it ends when its input does."""
+        process.stdin.close()
+        process.wait(timeout=60)
+        process.stdout.close()
+
+    def differences(self, env: dict[str, str]) -> list[str]:
+        """The variables of `env` that neither the server started with nor its imports set (none before it starts):
+        a run under `env` with any of them could differ from a fresh interpreter's."""
+        if self.process is None:
+            return []
+        return sorted(
+            key
+            for key in (env.keys() | self.env.keys()) - self.IGNORED
+            if env.get(key) not in (self.env.get(key), self.imported_env.get(key))
         )
 
     def run(
         self, script: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float
     ) -> subprocess.CompletedProcess | None:
-        """`python script *args` in a forked child; None when the server cannot stand for a fresh interpreter under
-        `env` (run it for real then)."""
-        if not self.serves(env):
+        """`python script *args` in a forked child; None, with a warning, when `env` has variables the server
+        lacks (run it in a fresh interpreter then)."""
+        if changed := self.differences(env):
+            warnings.warn(f"{Path(script).name} runs in a fresh interpreter: the environment changed since the fork "
+                          f"server started ({', '.join(changed)})", stacklevel=3)  # fmt: skip
             return None
-        server = self._start()
+        server = self._start(env)
         with tempfile.TemporaryDirectory(prefix="script_run_") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
             request = dict(script=script, args=args, cwd=str(cwd), env=env, stdout=str(out), stderr=str(err))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from conftest import FORK_SERVER, REPO, RUN_ENV, run_script
 
 
@@ -17,11 +18,17 @@ def test_a_forked_run_prints_and_exits_as_a_fresh_interpreter(tmp_path: Path) ->
     assert done.returncode == 0 and (tmp_path / "data" / "corpus").is_dir()  # cwd, argv and files as usual
 
 
-def test_the_server_serves_this_process_unless_its_environment_changed() -> None:
-    """Runs go to the server from a pytest test (pytest sets PYTEST_CURRENT_TEST) and after imports that set
-    variables (vLLM sets eight), not when something a library may read on import has changed."""
+def test_the_server_serves_this_process_unless_its_environment_changed(tmp_path: Path) -> None:
+    """Runs go to the server from any pytest test (pytest sets PYTEST_CURRENT_TEST) and after imports that set
+    variables (vLLM sets eight), but not when something a library may read on import has changed."""
     import vllm  # noqa: F401
 
+    run_script("run_data.py", "--help")  # the server runs
     env = {**os.environ, **RUN_ENV}
-    assert FORK_SERVER.serves(env)
-    assert not FORK_SERVER.serves({**env, "HF_HOME": "/elsewhere"})
+    assert FORK_SERVER.differences(env) == []
+    assert FORK_SERVER.differences({**env, "HF_HOME": "/elsewhere"}) == ["HF_HOME"]
+    with pytest.warns(UserWarning, match=r"run_data.py runs in a fresh interpreter: .* \(HF_HOME\)"):
+        run_script_with_env = FORK_SERVER.run(
+            str(REPO / "scripts" / "run_data.py"), ["--help"], tmp_path, {**env, "HF_HOME": "/elsewhere"}, 60
+        )
+    assert run_script_with_env is None
