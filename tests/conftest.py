@@ -193,6 +193,19 @@ def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytes
     return out
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Every test leaves os.environ as it found it: an in-process vLLM engine sets LD_PRELOAD, LOCAL_WORLD_SIZE and
+    nine more, which would otherwise reach every later subprocess (and keep script runs off the fork server)."""
+    saved = dict(os.environ)
+    yield
+    current = os.environ.get("PYTEST_CURRENT_TEST")  # pytest's own, which it updates and removes itself
+    os.environ.clear()
+    os.environ.update(saved)
+    if current is not None:
+        os.environ["PYTEST_CURRENT_TEST"] = current
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module's tiny models on one thread (`pytestmark = pytest.mark.usefixtures("one_thread")`): as fast

@@ -141,14 +141,16 @@ class ForkServer:
         process.stdout.close()
 
     def differences(self, env: dict[str, str]) -> list[str]:
-        """The variables of `env` that neither the server started with nor its imports set (none before it starts):
-        a run under `env` with any of them could differ from a fresh interpreter's."""
+        """The variables of `env` that differ from both the server's start and what its imports set (none before it
+        starts): a run under `env` with any of them could differ from a fresh interpreter's. A variable the imports
+        set may also be absent: a fresh interpreter would set it when it imports the same libraries."""
         if self.process is None:
             return []
         return sorted(
             key
             for key in (env.keys() | self.env.keys()) - self.IGNORED
             if env.get(key) not in (self.env.get(key), self.imported_env.get(key))
+            and not (key not in env and key in self.imported_env)
         )
 
     def run(
