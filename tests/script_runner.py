@@ -7,11 +7,11 @@ child is its own process, as with `python scripts/x.py`: output captured at the 
 subprocesses included), the interpreter's exit code, and whatever state the script changes dies with it.
 
 Written by hand: `multiprocessing`'s fork server re-runs the parent's main module in every child (pytest's, here).
-Two differences from a fresh interpreter, and how they are handled: (1) modules read some environment variables when
-imported (huggingface_hub's HF_HUB_OFFLINE, datasets' cache paths), so a run whose environment differs from the
-server's goes to a real interpreter instead, unless the differences are what importing the libraries sets (vLLM sets
-eight variables, so a test process that has imported it still gets the server); (2) nothing a library prints on import reaches a run's stderr, so tests
-of a script's error output keep a run per script in a real interpreter (`fresh=True` in conftest.run_script).
+Two differences from a fresh interpreter, and how they are handled: (1) libraries read some environment variables
+when imported (huggingface_hub's HF_HUB_OFFLINE, datasets' cache paths), so a run whose environment has a variable
+that neither the server started with nor its imports set goes to a fresh interpreter instead, with a warning;
+(2) nothing a library prints on import reaches a forked run's stderr, so each script keeps one error-output check in
+a fresh interpreter (`fresh=True` in conftest.run_script).
 """
 
 from __future__ import annotations
