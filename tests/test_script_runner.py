@@ -28,7 +28,7 @@ def test_the_server_serves_this_process_unless_its_environment_changed(tmp_path:
     assert FORK_SERVER.differences(env) == []
     assert FORK_SERVER.differences({**env, "HF_HOME": "/elsewhere"}) == ["HF_HOME"]
     with pytest.warns(UserWarning, match=r"run_data.py runs in a fresh interpreter: .* \(HF_HOME\)"):
-        run_script_with_env = FORK_SERVER.run(
+        fallback = FORK_SERVER.run(
             str(REPO / "scripts" / "run_data.py"), ["--help"], tmp_path, {**env, "HF_HOME": "/elsewhere"}, 60
         )
-    assert run_script_with_env is None
+    assert fallback is None
