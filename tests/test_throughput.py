@@ -128,7 +128,8 @@ def test_benchmark_profiles_a_run_and_lists_where_its_steps_go(tmp_path: Path) -
     heading = re.search(r"Profile of tiny trainer \(2 steps after the warm-up, under the profiler: ([\d.]+) ms", text)
     assert heading and float(heading.group(1)) > 0
     ops = [line.split("|") for line in text.split("Profile of")[1].splitlines() if line.startswith("| `")]
-    assert len(ops) == 12 and ops[0][1].strip() == "`aten::mm`"
+    # matrix products near the top (the tiny model's log-softmax over the vocabulary took first place once)
+    assert len(ops) == 12 and "`aten::mm`" in [op[1].strip() for op in ops[:3]]
     per_step = [float(op[2]) for op in ops]
     assert per_step == sorted(per_step, reverse=True) and per_step[-1] > 0
 
