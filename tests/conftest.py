@@ -22,8 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_ENV = {"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}  # how run_script runs every script
 FORK_SERVER = script_runner.ForkServer()
+FORKED = str(REPO / "tests" / "forked.py")  # `python` for processes a launcher starts: forked from FORK_SERVER too
+RUN_ENV = {  # how run_script runs every script
+    "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", script_runner.SOCKET_VARIABLE: FORK_SERVER.socket_path,
+}  # fmt: skip
 SHARED_DATA = REPO.parent / "shared" / "data"
 # A small world for fast tests of the generator and its chat data (the default world is ~6x larger).
 SMALL = WorldConfig(seed=3, num_people=40, num_heldout_people=10, num_cities=10, num_countries=3, num_organisations=8)
@@ -45,18 +48,22 @@ def run_script(
     timeout: float = 1800,
     launcher: list[str] | None = None,
     fresh: bool = False,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `scripts/<script>` in its own process, offline, capturing output: under `launcher` if given, else forked
-    from a server that has imported the libraries (tests/script_runner.py; ~7 s less per run), or in a new
-    interpreter with `fresh=True` (to see what imports print) or when the environment has changed since start."""
+    """Run `scripts/<script>` in its own process, offline, capturing output and reading `input` on stdin (else
+    nothing), under `launcher` if given (a command starting with this Python). Forked from a server that has
+    imported the libraries (tests/script_runner.py; ~7 s less per run; a launcher's ranks too, where its training
+    script is tests/forked.py), or in a new interpreter with `fresh=True` (to see what imports print) or when the
+    environment has changed since the server started."""
     env = {**os.environ, **RUN_ENV}
-    path = REPO / "scripts" / script
-    if launcher is None and not fresh:
-        result = FORK_SERVER.run(str(path), list(args), cwd or REPO, env, timeout)
+    command = [*(launcher or [sys.executable]), str(REPO / "scripts" / script), *args]
+    if not fresh and command[0] == sys.executable:
+        result = FORK_SERVER.run(command[1:], cwd or REPO, env, timeout, input)
         if result is not None:
             return result
-    command = [*(launcher or [sys.executable]), str(path), *args]
-    return subprocess.run(command, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, cwd=cwd or REPO, env=env, input=input or "", capture_output=True, text=True, timeout=timeout
+    )
 
 
 def rank_checksums(stderr: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import FORKED, REPO, RUN_ENV
 
 from chatforge.configs import RecipeError
 from chatforge.pipeline import STAMP, Pipeline
@@ -54,9 +54,11 @@ def _write_recipes(root: Path) -> Path:
 
 
 def _pipeline(recipes: Path, *args: str) -> subprocess.CompletedProcess:
+    """The pipeline in its own process, which starts each stage's; the training stages under the `--launcher`
+    option, here tests/forked.py (forked from the suite's server, without the ~7 s of imports)."""
     command = [sys.executable, str(REPO / "scripts" / "pipeline.py"), str(recipes), "--no_samples", *args]
-    command += ["--report", str(recipes.parent / "outputs" / "report.md")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command += ["--report", str(recipes.parent / "outputs" / "report.md"), "--launcher", f"{sys.executable} {FORKED}"]
+    env = {**os.environ, **RUN_ENV, "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
 
 

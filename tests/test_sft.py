@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -218,17 +216,15 @@ def test_chat_script_one_shot(default_sft: Path) -> None:
 @pytest.mark.slow
 def test_chat_script_interactive_loop(default_sft: Path) -> None:
     """The interactive loop: replies stream, /reset starts over, /exit and end of input quit cleanly."""
-    command = [sys.executable, str(REPO / "scripts" / "chat.py"), "--model_name_or_path", str(default_sft)]
-    command += ["--temperature", "0", "--max_new_tokens", "30"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    args = ["--model_name_or_path", str(default_sft), "--temperature", "0", "--max_new_tokens", "30"]
     session = "What is your name?\n\n/reset\nWho made you?\n/exit\nnever read\n"
-    result = subprocess.run(command, input=session, capture_output=True, text=True, env=env, timeout=300)
+    result = run_script("chat.py", *args, input=session, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert out.count(">>> ") == 5  # a prompt for each line read: two questions, the empty line, /reset, /exit
     assert "(new conversation)" in out and "Forge" in out.split("(new conversation)")[0]
     assert "<|im_end|>" not in out and "never read" not in out
-    ended = subprocess.run(command, input="Hello!\n", capture_output=True, text=True, env=env, timeout=300)
+    ended = run_script("chat.py", *args, input="Hello!\n", timeout=300)
     assert ended.returncode == 0 and ended.stdout.count(">>> ") == 2, ended.stderr[-3000:]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, rank_checksums, run_script, tiny_arch_args
+from conftest import FORKED, REPO, rank_checksums, run_script, tiny_arch_args
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -27,10 +27,10 @@ ACCELERATE_ON_TWO_CPUS = [
     sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
     "--mixed_precision", "no",  # the configs' bf16 is for GPUs
 ]  # fmt: skip
-LAUNCHERS = {
-    "fsdp2": [*ACCELERATE_ON_TWO_CPUS, "--config_file", str(REPO / "accelerate_configs" / "fsdp.yaml"),
+LAUNCHERS = {  # each rank forked from the suite's server (FORKED), as `python` would run it
+    "fsdp2": [*ACCELERATE_ON_TWO_CPUS, "--config_file", str(REPO / "accelerate_configs" / "fsdp.yaml"), FORKED,
               str(REPO / "tests" / "fsdp_on_cpu.py")],
-    "zero3": [*ACCELERATE_ON_TWO_CPUS, "--config_file", str(REPO / "accelerate_configs" / "zero3.yaml")],
+    "zero3": [*ACCELERATE_ON_TWO_CPUS, "--config_file", str(REPO / "accelerate_configs" / "zero3.yaml"), FORKED],
 }  # fmt: skip
 SHARDINGS = [
     "fsdp2",
