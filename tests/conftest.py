@@ -200,10 +200,11 @@ def default_sft(default_pretrain: Path, world_dir: Path, tmp_path_factory: pytes
     return out
 
 
-@pytest.fixture(autouse=True)
-def _environment_restored():
-    """Every test leaves os.environ as it found it: an in-process vLLM engine sets LD_PRELOAD, LOCAL_WORLD_SIZE and
-    nine more, which would otherwise reach every later subprocess (and keep script runs off the fork server)."""
+@contextlib.contextmanager
+def _environment_kept():
+    """Leave os.environ as found: an in-process vLLM engine sets LD_PRELOAD, LOCAL_WORLD_SIZE and nine more, and
+    datatrove's executor six DATATROVE_* variables, which would otherwise reach every later subprocess (and keep
+    script runs off the fork server)."""
     saved = dict(os.environ)
     yield
     current = os.environ.get("PYTEST_CURRENT_TEST")  # pytest's own, which it updates and removes itself
@@ -211,6 +212,20 @@ def _environment_restored():
     os.environ.update(saved)
     if current is not None:
         os.environ["PYTEST_CURRENT_TEST"] = current
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Every test leaves os.environ as it found it."""
+    with _environment_kept():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_environment_restored():
+    """And so does every module's fixtures (set up before any test's, as autouse fixtures come first)."""
+    with _environment_kept():
+        yield
 
 
 @pytest.fixture(scope="module")
