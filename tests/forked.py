@@ -24,8 +24,15 @@ def main() -> None:
             answer = {}
     if "pid" not in answer:
         os.execv(sys.executable, [sys.executable, *argv])
+
+    def forward(received: int, _frame: object) -> None:
+        try:
+            os.kill(answer["pid"], received)
+        except ProcessLookupError:
+            pass  # it has ended: its status is on the way
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda received, _: os.kill(answer["pid"], received))
+        signal.signal(sig, forward)
     status = json.loads(conn.recv(1 << 16))["status"]
     if status < 0:  # ended by a signal: so does this process
         signal.signal(-status, signal.SIG_DFL)

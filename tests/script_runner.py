@@ -26,6 +26,7 @@ import json
 import os
 import runpy
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,11 +161,9 @@ def serve(path: str) -> None:
             waiting.discard(conn)
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
             request = json.loads(message) if message else None
-            if request is None or len(fds) != 3 or (changed := differences(request["env"], started, imported)):
-                if request is not None:
-                    conn.send(
-                        json.dumps({"refused": changed if len(fds) == 3 else ["(no file descriptors)"]}).encode()
-                    )
+            if request is None or (changed := differences(request["env"], started, imported)):
+                if request is not None:  # (None: the requester hung up)
+                    conn.send(json.dumps({"refused": changed}).encode())
                 conn.close()
                 for fd in fds:
                     os.close(fd)
@@ -223,12 +222,12 @@ class ForkServer:
             atexit.register(self._stop, self.process)
             self.env, self.imported_env = dict(env), json.loads(self.process.stdout.readline())  # it listens now
 
-    @staticmethod
-    def _stop(process: subprocess.Popen) -> None:
-        """End the server: it ends when its input does."""
+    def _stop(self, process: subprocess.Popen) -> None:
+        """End the server (it ends when its input does) and remove its socket."""
         process.stdin.close()
         process.wait(timeout=60)
         process.stdout.close()
+        shutil.rmtree(Path(self.socket_path).parent, ignore_errors=True)
 
     def differences(self, env: dict[str, str]) -> list[str]:
         """What keeps a run under `env` off the server (none before it starts): see `differences`."""
