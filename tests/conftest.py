@@ -223,7 +223,7 @@ def _environment_restored():
 
 @pytest.fixture(autouse=True, scope="module")
 def _module_environment_restored():
-    """And so does every module's fixtures (set up before any test's, as autouse fixtures come first)."""
+    """Every test module's fixtures do too (set up before any test's: autouse fixtures come first in a scope)."""
     with _environment_kept():
         yield
 
