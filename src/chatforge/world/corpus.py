@@ -124,7 +124,9 @@ class DataScriptArguments:
     )
     tools_conversations: int = field(
         default=1500,
-        metadata={"help": "Tool-use SFT conversations (30%% multiplication, 20%% counting, 30%% search, 20%% no tool)."},
+        metadata={
+            "help": "Tool-use SFT conversations (30%% multiplication, 20%% counting, 30%% search, 20%% no tool)."
+        },
     )
     tools_eval_per_kind: int = field(default=40, metadata={"help": "Questions per kind in tools_eval.jsonl."})
     tools_rl_problems: int = field(
