@@ -147,14 +147,17 @@ def serve(path: str) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a child ended: select wakes on the pipe
     print(json.dumps(imported), flush=True)
     waiting: set[socket.socket] = set()  # connected, request not read yet
-    runs: dict[int, socket.socket] = {}  # child pid -> its requester
+    runs: dict[int, socket.socket | None] = {}  # child pid -> its requester (None: it hung up)
     while True:
-        readable, _, _ = select.select([sys.stdin, listener, wake_read, *waiting, *runs.values()], [], [])
+        requesters = [conn for conn in runs.values() if conn is not None]
+        readable, _, _ = select.select([sys.stdin, listener, wake_read, *waiting, *requesters], [], [])
         if sys.stdin in readable and not sys.stdin.readline():
             return
         for pid, conn in runs.items():
             if conn in readable and not conn.recv(1):  # the requester is gone: so is its run
                 os.kill(pid, signal.SIGKILL)
+                conn.close()
+                runs[pid] = None
         if listener in readable:
             waiting.add(listener.accept()[0])
         for conn in waiting & set(readable):
@@ -170,7 +173,7 @@ def serve(path: str) -> None:
                 continue
             pid = os.fork()
             if pid == 0:
-                for other in (listener, *waiting, *runs.values(), conn):
+                for other in (listener, *waiting, *(c for c in runs.values() if c is not None), conn):
                     other.close()
                 signal.set_wakeup_fd(-1)
                 os.close(wake_read)
@@ -186,12 +189,12 @@ def serve(path: str) -> None:
                 pid, status = os.waitpid(-1, os.WNOHANG)
                 if pid == 0:
                     break
-                conn = runs.pop(pid, None)
+                conn = runs.pop(pid)
                 if conn is not None:
                     try:
                         conn.send(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode())
                     except OSError:
-                        pass  # its requester hung up
+                        pass  # its requester hung up since the last look
                     conn.close()
 
 
@@ -250,7 +253,8 @@ class ForkServer:
                     os.close(fd)
             with conn:
                 if "refused" in answer:
-                    warnings.warn(f"{Path(argv[0]).name} runs in a fresh interpreter: the environment changed since "
+                    name = " ".join(argv[:2]) if argv[0] == "-m" else Path(argv[0]).name
+                    warnings.warn(f"{name} runs in a fresh interpreter: the environment changed since "
                                   f"the fork server started ({', '.join(answer['refused'])})", stacklevel=3)  # fmt: skip
                     return None
                 ready, _, _ = select.select([conn], [], [], timeout)
