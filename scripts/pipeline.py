@@ -8,9 +8,10 @@ Usage:
     python scripts/pipeline.py recipes/ --launcher "accelerate launch --config_file accelerate_configs/ddp.yaml"
 
 Stages, in order: data, web, tokenizer, pretrain, sft, grpo, reward, dpo, rlhf, probe, factuality, then the
-evaluation of each model (each runs when its recipe file exists). A stage whose output folder holds a stamp
-matching its recipe (and the stages it reads from) is skipped; an interrupted training stage resumes from its
-last checkpoint. The report (markdown, report card PNG, loss curves, timings, versions, hardware) goes to
+evaluation of each model (each runs when its recipe file exists); then a base-model sample, a chat turn, and a
+chat turn with tools through the OpenAI-compatible server (scripts/serve.py). A stage whose output folder holds
+a stamp matching its recipe (and the stages it reads from) is skipped; an interrupted training stage resumes from
+its last checkpoint. The report (markdown, report card PNG, loss curves, timings, versions, hardware) goes to
 --report (default outputs/report.md).
 """
 
@@ -21,11 +22,13 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from chatforge.configs import exit_on_user_error
 from chatforge.pipeline import Pipeline, StageRun
 from chatforge.report import write_report
+from chatforge.serving import free_port, wait_until_serving
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -38,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry_run", action="store_true", help="Print the plan and exit.")
     parser.add_argument("--report", default="outputs/report.md", help="Where the report card goes.")
     parser.add_argument("--launcher", default=None, help="Command that runs training scripts (accelerate launch).")
-    parser.add_argument("--no_samples", action="store_true", help="Skip the base-model sample and the chat turn.")
+    parser.add_argument(
+        "--no_samples", action="store_true", help="Skip the base-model sample and the chat turns (local and served)."
+    )
     return parser.parse_args(argv)
 
 
@@ -47,7 +52,8 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def show_samples(pipeline: Pipeline) -> None:
-    """Show what the models do: the base model prompted as an assistant, then one turn with the chat model."""
+    """Show what the models do: the base model prompted as an assistant, then one turn with the chat model, and one
+    with the chat model served over the OpenAI API and given tools."""
     runs = pipeline.runs
     data = runs.get("data")
     facts = data.output / "facts.jsonl" if data else None
@@ -67,6 +73,32 @@ def show_samples(pipeline: Pipeline) -> None:
             sys.executable, str(SCRIPTS / "chat.py"), "--model_name_or_path", str(runs["sft"].output),
             "--prompt", "Who are you?", "--temperature", "0",
         ], check=False)  # fmt: skip
+        served_turn(runs["sft"].output)
+
+
+def served_turn(model: Path, question: str = "What's the product of 245 and 318?") -> None:
+    """Serve `model` over the OpenAI API (scripts/serve.py) and ask it `question` through chat.py with the
+    calculator and Python tools, which run in chat.py; then stop the server."""
+    port = free_port()
+    print(f"\n=== the assistant served at http://localhost:{port}/v1, with tools: {question}", flush=True)
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "serve.py"), "--model_name_or_path", str(model), "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            wait_until_serving(port, server)
+            subprocess.run([
+                sys.executable, str(SCRIPTS / "chat.py"), "--base_url", f"http://localhost:{port}/v1",
+                "--model_name_or_path", str(model), "--tools", "calculator,python", "--prompt", question,
+                "--temperature", "0",
+            ], check=False)  # fmt: skip
+        except RuntimeError as error:
+            log.seek(0)
+            print(f"(not served: {error})\n{log.read()[-2000:]}")
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
 
 
 def print_stage(run: StageRun) -> None:

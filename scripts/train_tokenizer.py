@@ -30,6 +30,8 @@ from chatforge.tokenizer import (
     check_vocab_size,
     corpus_texts,
     load_chat_template,
+    load_response_template,
+    resolve_response_template,
     save_tokenizer,
     show_tokens,
     train_tokenizer,
@@ -50,6 +52,8 @@ def main(args: TokenizerScriptArguments) -> None:
     """Validate the recipe, train, save, report, and optionally push."""
     check_vocab_size(args.vocab_size)
     template = load_chat_template(args.chat_template)
+    response_path = resolve_response_template(args.response_template, args.chat_template)
+    response_template = load_response_template(response_path) if response_path else None
     if args.push_to_hub and not args.hub_model_id:
         raise RecipeError("push_to_hub is true but hub_model_id is not set")
     splits = [args.train_split] + ([args.eval_split] if args.eval_split else [])
@@ -77,7 +81,7 @@ def main(args: TokenizerScriptArguments) -> None:
         )
         texts = itertools.chain(texts, chats)
     tokenizer = train_tokenizer(texts, args.vocab_size, args.min_frequency, model_max_length=args.model_max_length)
-    output_dir = save_tokenizer(tokenizer, args.output_dir, template)
+    output_dir = save_tokenizer(tokenizer, args.output_dir, template, response_template)
 
     print(f"trained on {used['documents']:,} documents ({used['characters']:,} characters) of {source}")
     print(f"vocab size: {len(tokenizer)}")

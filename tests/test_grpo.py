@@ -154,6 +154,9 @@ def test_short_grpo_run_with_vllm_colocate_rollouts(default_sft: Path, world_dir
     trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert any(not torch.equal(start[k], trained[k]) for k in start)
     assert (out / "grpo_curves.png").stat().st_size > 5000 and any(out.glob("checkpoint-*"))
+    # rewards scored the raw text during training (no response template), and the saved policy keeps its template
+    template = AutoTokenizer.from_pretrained(default_sft).response_template
+    assert template is not None and AutoTokenizer.from_pretrained(out).response_template == template
 
 
 @pytest.mark.slow

@@ -319,12 +319,6 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not tokenizer.chat_template:
         raise RecipeError(f"{model_path} has no chat template; GRPO prompts are conversations (train SFT first)")
-    if tools and getattr(tokenizer, "response_template", None) is None:
-        # TRL reads tool calls out of completions with the tokenizer's response template. Ours writes them the
-        # Hermes/Qwen way (<think>, then <tool_call>{json}</tool_call>), which TRL's Qwen3 template parses.
-        from trl.chat_template_utils import qwen3_template
-
-        tokenizer.response_template = qwen3_template
     transformers.set_seed(training_args.seed)
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
@@ -341,11 +335,12 @@ def train(
 
     from chatforge.tools.registry import as_function
 
-    trainer = build_trl_trainer(
-        GRPOTrainer, model, reward_funcs, training_args, train_dataset, tokenizer, callbacks,
-        tools=[as_function(tool) for tool in tools.values()] if tools else None,
-    )  # fmt: skip
-    train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    with completion_parsing(tokenizer, tools=bool(tools)):
+        trainer = build_trl_trainer(
+            GRPOTrainer, model, reward_funcs, training_args, train_dataset, tokenizer, callbacks,
+            tools=[as_function(tool) for tool in tools.values()] if tools else None,
+        )  # fmt: skip
+        train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     history = trainer.state.log_history
     lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
     rewards = [h["reward"] for h in history if "reward" in h]
@@ -370,6 +365,30 @@ def train(
     trainer.accelerator.wait_for_everyone()
     push_stage_output(training_args)
     return trainer, metrics
+
+
+@contextmanager
+def completion_parsing(tokenizer: PreTrainedTokenizerBase, tools: bool) -> Iterator[None]:
+    """While a TRL online trainer is built and trains: parse completions into messages only when tools are offered.
+
+    TRL parses every conversational completion with the tokenizer's response template when it has one (chatforge's
+    tokenizers do: chat_templates/chatml_response.json). Without tools the rewards must see the text as the model
+    wrote it: parsing moves the reasoning out of the text, and a format reward would then score the template's
+    canonical `<think>` layout instead of the model's. With tools TRL needs a template to read the calls;
+    tokenizers saved before chatforge wrote one get TRL's Qwen3 template, which reads the same Hermes markup. The
+    tokenizer's own template is put back afterwards, so the saved model keeps it.
+    """
+    own = getattr(tokenizer, "response_template", None)
+    if tools:
+        from trl.chat_template_utils import qwen3_template
+
+        tokenizer.response_template = own if own is not None else qwen3_template
+    else:
+        tokenizer.response_template = None
+    try:
+        yield
+    finally:
+        tokenizer.response_template = own
 
 
 def build_trl_trainer(

@@ -309,8 +309,11 @@ def train(
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=model_args.dtype or "auto", attn_implementation=model_args.attn_implementation
     )
-    trainer = build_trainer(script_args, training_args, model, tokenizer, scorer, prompts, callbacks)
-    result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    from chatforge.grpo import completion_parsing
+
+    with completion_parsing(tokenizer, tools=False):  # the reward model scores the replies as written
+        trainer = build_trainer(script_args, training_args, model, tokenizer, scorer, prompts, callbacks)
+        result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     curve = judge_curve(trainer.state.log_history)
     metrics: dict[str, Any] = {
         "algorithm": script_args.algorithm,

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -128,6 +128,15 @@ class TokenizerScriptArguments:
     chat_template: str = field(
         default="chat_templates/chatml.jinja", metadata={"help": "Jinja chat template file saved with the tokenizer."}
     )
+    response_template: str | None = field(
+        default="auto",
+        metadata={
+            "help": "JSON response template saved with the tokenizer: how a reply splits back into content, "
+            "thinking and tool calls (`tokenizer.parse_response`, `transformers serve`, TRL's tool calls). "
+            "auto: the `<name>_response.json` beside the chat template (chatml.jinja: chatml_response.json), "
+            "none if there is no such file; null: none."
+        },
+    )
     output_dir: str = field(default="outputs/tokenizer", metadata={"help": "Where the tokenizer folder is written."})
     sample_text: str = field(
         default="Talia Morvane walked to the old mill at 7:45, carrying 3 loaves of bread.",
@@ -137,7 +146,7 @@ class TokenizerScriptArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id to push to (`user/name`)."})
 
     def __post_init__(self) -> None:
-        none_if_null(self, "dataset_config", "eval_split")
+        none_if_null(self, "dataset_config", "eval_split", "response_template")
         for name in ("max_train_chars", "max_eval_docs"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -286,10 +295,43 @@ def load_chat_template(path: str | Path) -> str:
     return path.read_text()
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, output_dir: str | Path, chat_template: str) -> Path:
-    """Save `tokenizer` with `chat_template` (the template text) to a folder loadable by transformers 5.x and 4.x."""
+def load_response_template(path: str | Path) -> dict[str, Any]:
+    """Read a JSON response template (the inverse of the chat template: see chat_templates/README.md), raising
+    RecipeError if it is missing, not JSON, or has no `fields`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"response template not found: {path}")
+    try:
+        template = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RecipeError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(template, dict) or not isinstance(template.get("fields"), dict):
+        raise RecipeError(f"{path}: a response template is a JSON object with a `fields` object")
+    return template
+
+
+def resolve_response_template(response_template: str | None, chat_template: str | Path) -> Path | None:
+    """The response template file to save: `auto` pairs it with the chat template by name, so a custom chat
+    template never gets a parser written for another one."""
+    if response_template != "auto":
+        return Path(response_template) if response_template else None
+    chat_template = Path(chat_template)
+    beside = chat_template.with_name(f"{chat_template.stem}_response.json")
+    return beside if beside.is_file() else None
+
+
+def save_tokenizer(
+    tokenizer: PreTrainedTokenizerFast,
+    output_dir: str | Path,
+    chat_template: str,
+    response_template: dict[str, Any] | None = None,
+) -> Path:
+    """Save `tokenizer` with `chat_template` (the template text) and `response_template` (how replies parse back)
+    to a folder loadable by transformers 5.x and 4.x."""
     output_dir = Path(output_dir)
     tokenizer.chat_template = chat_template
+    if response_template is not None:
+        tokenizer.response_template = response_template
     tokenizer.save_pretrained(str(output_dir))
     return make_portable(output_dir)
 
