@@ -18,7 +18,8 @@ result is printed as `[tool] result` and shown to the model, which goes on until
 With `--base_url`, the model is not loaded here: the conversation goes to that OpenAI-compatible server
 (`scripts/serve.py`, `vllm serve`, ...) as chat completions, `--model_name_or_path` naming the served model (when
 the server serves another single model, that one is used). Tools still run here: the server answers with
-`tool_calls`, this script runs them and sends back the results. `top_k` is not part of that API and is not sent.
+`tool_calls`, this script runs them and sends back the results (replies stream without tools and come whole with
+them). `top_k` is not part of that API and is not sent.
 """
 
 from __future__ import annotations
@@ -131,9 +132,12 @@ class ChatSession:
         self.sampling, self.max_tool_rounds = sampling, args.max_tool_rounds
         self.remote = None
         if args.base_url:
+            # With tools, whole replies: transformers' server drops a malformed call from a streamed reply, but
+            # returns it as text in a whole one (see chatforge.serving.unparsable_replies_as_text).
             self.remote = RemoteChat(
-                args.base_url, args.model_name_or_path, self.tools, sampling, args.max_tool_rounds, args.api_key
-            )
+                args.base_url, args.model_name_or_path, self.tools, sampling, args.max_tool_rounds, args.api_key,
+                stream=not self.tools,
+            )  # fmt: skip
             self.remote.model = self.remote.served_model()
             self.reset()
             return

@@ -203,6 +203,13 @@ def test_streamed_and_whole_answers_agree(served: tuple[str, str], tool_model: T
             for call in (whole.message.tool_calls[0], calls[0]):
                 assert call.function.name == learned["name"]
                 assert json.loads(call.function.arguments) == json.loads(learned["arguments"])
+    # the client's two ways (chat.py streams without tools, takes whole replies with them) give the same turn
+    for tools in (None, tool_model.tools):
+        streamed, whole = (
+            RemoteChat(base_url, name, tools, GREEDY, stream=stream).complete(prompt_of(tool_model.rows["no_tool"]))
+            for stream in (True, False)
+        )
+        assert streamed == whole and streamed["content"]
 
 
 def test_chat_script_talks_to_the_server_and_runs_the_tools(served: tuple[str, str], tool_model: ToolModel) -> None:
@@ -234,3 +241,55 @@ def test_bad_servers_and_models_fail_in_one_line(tmp_path: Path) -> None:
     assert "model not found" in one_line_error(result)
     result = run_script("serve.py", "--model_name_or_path", str(tmp_path))
     assert "not a model folder (no config.json)" in one_line_error(result)
+
+
+def test_a_chat_model_card_s_usage_code_runs(served: tuple[str, str], tool_model: ToolModel) -> None:
+    """The card of a chat stage shows the conversation API; its code, run as written (the Hub id swapped for the
+    folder), prints the reply the server gives for the same conversation."""
+    import contextlib
+    import io
+    import re
+
+    from openai import OpenAI
+
+    from chatforge.model_card import write_model_card
+
+    base_url, name = served
+    folder = Path(name)
+    question = prompt_of(tool_model.rows["no_tool"])[-1]["content"]
+    write_model_card(folder, "SFT", None, [], {}, {}, chat_question=question)
+    card = (folder / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    assert f"transformers serve {folder.name}" in card and json.dumps(question) in code
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(code.replace(f'"{folder.name}"', f'"{folder}"'), {})
+    served_reply = OpenAI(base_url=base_url, api_key="none").chat.completions.create(
+        model=name, messages=[{"role": "user", "content": question}], temperature=0.0, max_tokens=64
+    )
+    message = served_reply.choices[0].message
+    assert printed.getvalue().strip()
+    if message.tool_calls:  # the reply held a call: the card prints it as written
+        assert all(call.function.name in printed.getvalue() for call in message.tool_calls)
+    else:
+        assert printed.getvalue().strip() == message.content
+
+
+def test_a_reply_the_server_cannot_parse_comes_back_as_text(served: tuple[str, str], tool_model: ToolModel) -> None:
+    """Cut off inside its tool call (max_tokens), the reply is not JSON: the server answers with the text as written
+    (transformers alone answers 500), and chat.py shows it instead of failing."""
+    from openai import OpenAI
+
+    base_url, name = served
+    row = tool_model.rows["multiplication"]
+    schemas = [tool.schema() for tool in tool_model.tools.values()]
+    learned = row["messages"][len(prompt_of(row))]
+    full = tool_model.tokenizer.apply_chat_template([*prompt_of(row), learned], tools=schemas, tokenize=False)
+    call_text = full[full.rindex("<|im_start|>assistant\n") + len("<|im_start|>assistant\n") :]
+    client = OpenAI(base_url=base_url, api_key="none")
+    for max_tokens in (3, 6):
+        answer = client.chat.completions.create(
+            model=name, messages=prompt_of(row), tools=schemas, temperature=0.0, max_tokens=max_tokens
+        ).choices[0]
+        assert answer.message.tool_calls is None and answer.finish_reason == "length"
+        assert answer.message.content and call_text.startswith(answer.message.content)

@@ -145,5 +145,5 @@ def save_dpo_model(
             "beta": trainer.args.beta,
             "loss": trainer.args.loss_type,
         },
-        prompt="<|im_start|>user\\nWho are you?<|im_end|>\\n<|im_start|>assistant\\n",
+        chat_question="Who are you?",
     )

@@ -509,6 +509,5 @@ def save_grpo_model(
             "generations per prompt": trainer.args.num_generations,
             "vLLM": f"{trainer.args.vllm_mode}" if trainer.args.use_vllm else "no (HF generate)",
         },
-        prompt="<|im_start|>user\\nTom had 3 apples and found 4 more. How many apples does he have?<|im_end|>\\n"
-        "<|im_start|>assistant\\n",
+        chat_question="Tom had 3 apples and found 4 more. How many apples does he have?",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -16,6 +17,21 @@ model = AutoModelForCausalLM.from_pretrained("{repo}")
 inputs = tokenizer("{prompt}", return_tensors="pt")
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))
 ```"""
+CHAT_USAGE = """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+model = AutoModelForCausalLM.from_pretrained("{repo}")
+messages = [{{"role": "user", "content": {question}}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+reply = model.generate(**inputs, max_new_tokens=64)[0, inputs["input_ids"].shape[1] :]
+print(tokenizer.decode(reply, skip_special_tokens=True))
+# tokenizer.parse_response(reply, prefix=inputs["input_ids"][0]) splits it into content, thinking and tool calls
+```
+
+Over an OpenAI-compatible API, tool calls included: `transformers serve {repo}` (chatforge's
+`scripts/serve.py --model_name_or_path {repo}` checks the model first), or on a GPU
+`vllm serve {repo} --enable-auto-tool-choice --tool-call-parser hermes`."""
 REWARD_USAGE = """```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -35,8 +51,10 @@ def write_model_card(
     details: dict[str, object],
     prompt: str = "The capital of",
     reward_model: bool = False,
+    chat_question: str | None = None,
 ) -> Path:
-    """Write `folder/README.md` describing the stage, its data, sizes and measured metrics."""
+    """Write `folder/README.md` describing the stage, its data, sizes and measured metrics. Its usage example
+    completes `prompt`, or with `chat_question` (chat models) asks it in a conversation."""
     folder = Path(folder)
     data = ModelCardData(
         library_name="transformers",
@@ -46,6 +64,12 @@ def write_model_card(
         datasets=[d for d in datasets if d.count("/") == 1 and not Path(d).exists()] or None,
         tags=["chatforge", stage],
     )
+    if reward_model:
+        usage = REWARD_USAGE.format(repo=folder.name, prompt=prompt)
+    elif chat_question is not None:
+        usage = CHAT_USAGE.format(repo=folder.name, question=json.dumps(chat_question))
+    else:
+        usage = USAGE.format(repo=folder.name, prompt=prompt)
     rows = "\n".join(f"| {k} | {v} |" for k, v in details.items())
     metric_rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
     body = f"""---
@@ -75,7 +99,7 @@ It is a standard `transformers` model: no remote code.
 
 ## Use
 
-{(REWARD_USAGE if reward_model else USAGE).format(repo=folder.name, prompt=prompt)}
+{usage}
 """
     ModelCard(body).save(folder / "README.md")
     return folder / "README.md"

@@ -42,7 +42,8 @@ def call_from_message(call: Mapping[str, Any]) -> ToolCall:
 
 
 class RemoteChat:
-    """A model behind an OpenAI-compatible endpoint; replies stream to `out` as they arrive."""
+    """A model behind an OpenAI-compatible endpoint; replies stream to `out` as they arrive (`stream=False`: whole
+    replies, which transformers' server returns as text when it cannot parse a call; streamed, it drops that part)."""
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class RemoteChat:
         sampling: SamplingArguments | None = None,
         max_tool_rounds: int = 3,
         api_key: str = "none",
+        stream: bool = True,
     ) -> None:
         from openai import OpenAI
 
@@ -60,6 +62,7 @@ class RemoteChat:
         self.tools = dict(tools or {})
         self.sampling = sampling or SamplingArguments(max_new_tokens=128, temperature=0.0)
         self.max_tool_rounds = max_tool_rounds
+        self.stream = stream
 
     def served_model(self) -> str:
         """The model to name in requests: `self.model` if the server lists it, else the one model it serves."""
@@ -105,32 +108,39 @@ class RemoteChat:
         return request
 
     def complete(self, messages: list[Message], out: TextIO | None = None) -> Message:
-        """One assistant turn, streamed: its text is written to `out` as it arrives (then a newline); returns the
-        message, with `reasoning_content` and `tool_calls` (arguments as JSON text) when the server sent them."""
+        """One assistant turn, written to `out` as it arrives (then a newline); returns the message, with
+        `reasoning_content` and `tool_calls` (arguments as JSON text) when the server sent them."""
         text, reasoning, calls = [], [], {}
         with self.errors_explained():
-            for chunk in self.client.chat.completions.create(messages=messages, stream=True, **self._request()):
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0].delta
-                thought = (delta.model_extra or {}).get("reasoning_content")
-                if thought:
-                    reasoning.append(thought)
-                if delta.content:
-                    text.append(delta.content)
-                    if out is not None:
-                        out.write(delta.content)
-                        out.flush()
-                for piece in delta.tool_calls or []:  # a call may arrive in pieces: join them by index
-                    call = calls.setdefault(piece.index, {"id": None, "name": "", "arguments": ""})
-                    call["id"] = piece.id or call["id"]
-                    if piece.function is not None:
-                        call["name"] += piece.function.name or ""
-                        call["arguments"] += piece.function.arguments or ""
-        if out is not None and text:
+            if self.stream:
+                for chunk in self.client.chat.completions.create(messages=messages, stream=True, **self._request()):
+                    if not chunk.choices:
+                        continue
+                    delta = chunk.choices[0].delta
+                    reasoning.append((delta.model_extra or {}).get("reasoning_content") or "")
+                    if delta.content:
+                        text.append(delta.content)
+                        if out is not None:
+                            out.write(delta.content)
+                            out.flush()
+                    for piece in delta.tool_calls or []:  # a call may arrive in pieces: join them by index
+                        call = calls.setdefault(piece.index, {"id": None, "name": "", "arguments": ""})
+                        call["id"] = piece.id or call["id"]
+                        if piece.function is not None:
+                            call["name"] += piece.function.name or ""
+                            call["arguments"] += piece.function.arguments or ""
+            else:
+                whole = self.client.chat.completions.create(messages=messages, **self._request()).choices[0].message
+                text.append(whole.content or "")
+                reasoning.append((whole.model_extra or {}).get("reasoning_content") or "")
+                for index, call in enumerate(whole.tool_calls or []):
+                    calls[index] = {"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
+                if out is not None:
+                    out.write(text[0])
+        if out is not None and "".join(text):
             out.write("\n")
         message: Message = {"role": "assistant", "content": "".join(text).strip()}
-        if reasoning:
+        if "".join(reasoning).strip():
             message["reasoning_content"] = "".join(reasoning).strip()
         if calls:
             message["tool_calls"] = [

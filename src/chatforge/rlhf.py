@@ -359,7 +359,7 @@ def save_rlhf_model(
             "algorithm": script_args.algorithm,
             "reward model": script_args.reward_model_path,
         },
-        prompt="<|im_start|>user\\nWhere was Talia born?<|im_end|>\\n<|im_start|>assistant\\n",
+        chat_question="Where was Talia born?",
     )
 
 

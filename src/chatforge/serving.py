@@ -83,6 +83,35 @@ def list_only(model_id: str) -> None:
     ModelManager.get_gen_models = staticmethod(lambda cache_dir=None: [dict(entry)])
 
 
+def unparsable_replies_as_text() -> None:
+    """Answer a reply the response template cannot parse with its text, as written.
+
+    A small model sometimes writes a tool call that is not JSON (`<tool_call>{"name": calc</tool_call>`).
+    transformers 5.19's server then answers 500 for a whole (non-streamed) reply, because the parser raises; vLLM's
+    Hermes parser returns such a reply as text, and so does this: the client sees what the model wrote, with
+    `finish_reason: stop`. (A streamed reply drops the unparsable part instead; transformers logs a warning.)
+    """
+    import functools
+
+    from transformers.cli.serving import chat_completion, response
+
+    for module in (chat_completion, response):
+        parse = module.parse_assistant_message
+        if getattr(parse, "_chatforge_lenient", False):
+            continue
+
+        @functools.wraps(parse)
+        def parse_or_text(processor, model, generated_ids, input_ids, cleaned_content="", _parse=parse):
+            try:
+                return _parse(processor, model, generated_ids, input_ids=input_ids, cleaned_content=cleaned_content)
+            except ValueError as error:
+                logger.warning("reply not parsed, sent as text: %s", str(error).splitlines()[0])
+                return cleaned_content, None, None
+
+        parse_or_text._chatforge_lenient = True
+        module.parse_assistant_message = parse_or_text
+
+
 def serve(args: ServeArguments) -> None:
     """Check the model, then run transformers' OpenAI-compatible server for it until interrupted."""
     from transformers.utils.import_utils import is_serve_available
@@ -93,6 +122,7 @@ def serve(args: ServeArguments) -> None:
     from transformers.cli.serve import Serve
 
     list_only(args.model_name_or_path)
+    unparsable_replies_as_text()
     print(
         f"serving {args.model_name_or_path} at http://{args.host}:{args.port}/v1 "
         "(/chat/completions, /completions, /responses, /models); Ctrl-C stops it",

@@ -236,7 +236,7 @@ def save_sft_model(
             "assistant-only loss": trainer.args.assistant_only_loss,
             "max length": trainer.args.max_length,
         },
-        prompt="<|im_start|>user\\nWho are you?<|im_end|>\\n<|im_start|>assistant\\n",
+        chat_question="Who are you?",
     )
 
 
