@@ -293,3 +293,32 @@ def test_a_reply_the_server_cannot_parse_comes_back_as_text(served: tuple[str, s
         ).choices[0]
         assert answer.message.tool_calls is None and answer.finish_reason == "length"
         assert answer.message.content and call_text.startswith(answer.message.content)
+
+
+def test_serving_benchmark_times_the_same_replies_every_way(
+    served: tuple[str, str], tool_model: ToolModel, tmp_path: Path
+) -> None:
+    """scripts/benchmark_serving.py: in-process and served rows (one and two requests in flight) for the same
+    greedy replies, so each row counts the same generated tokens; the table lands between its markers."""
+    _, name = served
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"messages": prompt_of(r)}) + "\n" for r in tool_model.rows.values()))
+    output = tmp_path / "benchmarks.md"
+    output.write_text("# Benchmarks\n\nkept\n")
+    result = run_script(
+        "benchmark_serving.py", "--model_name_or_path", name, "--questions", str(questions), "--num_requests", "4",
+        "--concurrency", "1,2", "--max_new_tokens", "32", "--device", "cpu", "--output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [
+        line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| in-process", "| scripts"))
+    ]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ("in-process HF generate", "1"), ("scripts/serve.py", "1"), ("scripts/serve.py", "2"),
+    ]  # fmt: skip
+    tokens = {int(r[3].replace(",", "")) for r in rows}
+    assert len(tokens) == 1 and tokens.pop() > 0
+    text = output.read_text()
+    assert (
+        text.startswith("# Benchmarks\n\nkept\n") and "<!-- serving -->" in text and "| scripts/serve.py | 2 |" in text
+    )
