@@ -322,3 +322,25 @@ def test_serving_benchmark_times_the_same_replies_every_way(
     assert (
         text.startswith("# Benchmarks\n\nkept\n") and "<!-- serving -->" in text and "| scripts/serve.py | 2 |" in text
     )
+
+
+def test_a_streamed_call_that_is_not_json_is_dropped_not_fatal(tokenizer_dir: Path) -> None:
+    """transformers' stream parser raises on a closed call that is not JSON (its server then sends a broken error
+    event); the lenient wrapper drops that region and parses what follows afresh."""
+    from transformers.utils.chat_parsing.response_parser import ResponseParser
+
+    from chatforge.serving import LenientStreamParser
+
+    template = json.loads(RESPONSE_TEMPLATE.read_text())
+    pieces = ["<tool_call>", "\n{not json", "}\n</tool_call>", " after", "<|im_end|>"]
+    with pytest.raises(ValueError):
+        strict = ResponseParser(template, prefix="<|im_start|>assistant\n")
+        for piece in pieces:
+            strict.feed(piece)
+    fresh = lambda: ResponseParser(template, prefix="<|im_start|>assistant\n")  # noqa: E731
+    lenient = LenientStreamParser(fresh(), fresh)
+    events = [event for piece in pieces for event in lenient.feed(piece)]
+    message, final = lenient.finalize()
+    events += final
+    assert not any(e["type"] == "region_close" and e["field"] == "tool_calls" for e in events)
+    assert message == {"role": "assistant", "content": "after"}

@@ -17,8 +17,10 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chatforge.configs import RecipeError
 from chatforge.data import require_model
@@ -89,11 +91,12 @@ def unparsable_replies_as_text() -> None:
     A small model sometimes writes a tool call that is not JSON (`<tool_call>{"name": calc</tool_call>`).
     transformers 5.19's server then answers 500 for a whole (non-streamed) reply, because the parser raises; vLLM's
     Hermes parser returns such a reply as text, and so does this: the client sees what the model wrote, with
-    `finish_reason: stop`. (A streamed reply drops the unparsable part instead; transformers logs a warning.)
+    `finish_reason: stop`. A streamed reply drops the unparsable part instead (LenientStreamParser).
     """
     import functools
 
     from transformers.cli.serving import chat_completion, response
+    from transformers.cli.serving.utils import get_response_template
 
     for module in (chat_completion, response):
         parse = module.parse_assistant_message
@@ -110,6 +113,45 @@ def unparsable_replies_as_text() -> None:
 
         parse_or_text._chatforge_lenient = True
         module.parse_assistant_message = parse_or_text
+
+        build = module.build_response_parser
+
+        @functools.wraps(build)
+        def build_lenient(processor, model, input_ids, _build=build):
+            parser = _build(processor, model, input_ids)
+            if parser is None:
+                return None
+            from transformers.utils.chat_parsing.response_parser import ResponseParser
+
+            template = get_response_template(processor, model)
+            return LenientStreamParser(
+                parser, lambda: ResponseParser(template, prefix=template.get("start_anchor", ""))
+            )
+
+        module.build_response_parser = build_lenient
+
+
+class LenientStreamParser:
+    """transformers' streaming ResponseParser, minus its failure mode: when a closed tool call is not JSON, `feed`
+    raises, and transformers 5.19's server then ends the stream with an error event whose message it does not
+    escape (a newline in it breaks the event's JSON, and OpenAI clients fail to decode the stream). This drops the
+    unparsable region, as transformers already does for one left open at the end, and parses what follows with a
+    fresh parser (`restart`)."""
+
+    def __init__(self, parser: Any, restart: Callable[[], Any]) -> None:
+        self._parser, self._restart = parser, restart
+        self.initial_events = parser.initial_events
+
+    def feed(self, text: str) -> list[dict]:
+        try:
+            return self._parser.feed(text)
+        except ValueError as error:
+            logger.warning("streamed reply: unparsable part dropped: %s", str(error).splitlines()[0])
+            self._parser = self._restart()
+            return []
+
+    def finalize(self) -> tuple[dict, list[dict]]:
+        return self._parser.finalize()
 
 
 def serve(args: ServeArguments) -> None:
