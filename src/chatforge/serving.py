@@ -6,8 +6,9 @@ transformers' server answers /v1/chat/completions (streamed or not, with `tools`
 and /v1/models. It renders requests with the model's chat template and splits replies back into content,
 reasoning and tool calls with the tokenizer's response template (chat_templates/chatml_response.json, saved by
 train_tokenizer.py), so a client gets structured `tool_calls` and runs the tools itself, as the OpenAI protocol
-has it (`scripts/chat.py --base_url ... --tools ...` does). On GPUs, `vllm serve` with `--tool-call-parser hermes`
-serves the same folder faster (README, Serving).
+has it (`scripts/chat.py --base_url ... --tools ...` does). Three small wrappers mend transformers 5.19's server
+(`list_only`, `unparsable_replies_as_text`, `LenientStreamParser`). On GPUs, `vllm serve` with
+`--tool-call-parser hermes` serves the same folder too (README, Serving).
 """
 
 from __future__ import annotations
