@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from chatforge.configs import RecipeError, exit_on_user_error
 from chatforge.generation import chat_stop_token_ids
 from chatforge.report import device_name, environment, write_marked_section
-from chatforge.serving import check_servable, free_port, wait_until_serving
+from chatforge.serving import check_servable, free_port, running_server
 
 MARK_START, MARK_END = "<!-- serving -->", "<!-- /serving -->"
 SCRIPTS = Path(__file__).resolve().parent
@@ -57,7 +55,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process(model_name: str, conversations: list[list[dict]], max_new_tokens: int, device: str) -> dict:
-    """The replies generated in this process, one request at a time (after one warm-up reply)."""
+    """The replies generated in this process, one request at a time (after one warm-up reply); with the model's
+    parameter count."""
     tokenizer = AutoTokenizer.from_pretrained(model_name)
     model = AutoModelForCausalLM.from_pretrained(model_name).to(device).eval()
     stops = chat_stop_token_ids(tokenizer)
@@ -80,7 +79,8 @@ def in_process(model_name: str, conversations: list[list[dict]], max_new_tokens:
         begin = time.perf_counter()
         tokens.append(generate(messages))
         latencies.append(time.perf_counter() - begin)
-    return {"seconds": time.perf_counter() - start, "tokens": tokens, "latencies": latencies}
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"seconds": time.perf_counter() - start, "tokens": tokens, "latencies": latencies, "parameters": parameters}
 
 
 def through_server(base_url: str, model: str, conversations: list[list[dict]], max_new_tokens: int, workers: int):
@@ -141,21 +141,14 @@ def serve_and_time(
         "--port", str(port), "--device", device, "--continuous_batching", str(batching).lower(),
     ]  # fmt: skip
     timed = []
-    with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-        try:
-            try:
-                wait_until_serving(port, server)
-            except RuntimeError as error:
-                log.seek(0)
-                raise RecipeError(f"{error}:\n{log.read()[-2000:]}") from None
+    try:
+        with running_server(command, port):
             waits = first_token_latencies(base_url, args.model_name_or_path, conversations, args.max_new_tokens)
             for workers in concurrency:
                 result = through_server(base_url, args.model_name_or_path, conversations, args.max_new_tokens, workers)
                 timed.append((workers, result, f"{percentile(waits, 50):.3f}" if workers == 1 else "-"))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    except RuntimeError as error:
+        raise RecipeError(str(error)) from None
     return timed
 
 
@@ -193,7 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for workers, result, first in serve_and_time(args, conversations, device, concurrency, batching):
             results.append((name, str(workers), result, first))
 
-    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(args.model_name_or_path).parameters())
+    params = results[0][2].pop("parameters")  # counted on the in-process model
     lines = [
         f"Device: {device_name()}; model {args.model_name_or_path} ({params / 1e6:.1f}M parameters); "
         f"{len(conversations)} chat-eval requests, greedy, up to {args.max_new_tokens} new tokens; "

@@ -83,6 +83,18 @@ def use_color(out: TextIO) -> bool:
     return hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
 
 
+def tool_result_line(message: dict) -> str:
+    """A tool message as shown in the chat: `[name] result`, continuation lines indented."""
+    return f"[{message['name']}] " + message["content"].replace("\n", "\n    ")
+
+
+def write_dimmed(out: TextIO, lines: list[str]) -> None:
+    """Write tool traffic, dimmed on a terminal."""
+    for line in lines:
+        out.write(f"{DIM}{line}{RESET}\n" if use_color(out) else f"{line}\n")
+    out.flush()
+
+
 class StreamingGenerator:
     """The generator interface (`chatforge.generation.HFGenerator`) one prompt at a time, writing each piece of
     text to `out` as it is generated; text from a `<tool_call>` on is dimmed on a terminal."""
@@ -186,9 +198,7 @@ class ChatSession:
 
         def show(_: int, message: dict) -> None:
             if message["role"] == "tool":
-                text = f"[{message['name']}] " + message["content"].replace("\n", "\n    ")
-                out.write(f"{DIM}{text}{RESET}\n" if use_color(out) else f"{text}\n")
-                out.flush()
+                write_dimmed(out, [tool_result_line(message)])
 
         conversation = [*self.messages, {"role": "user", "content": user_message}]
         generator = StreamingGenerator(self.model, self.tokenizer, out)
@@ -203,13 +213,12 @@ class ChatSession:
 
         def show(message: dict) -> None:
             if message["role"] == "assistant":
-                lines = [f"<tool_call> {c['function']['name']}({c['function']['arguments']})" for c in
-                         message.get("tool_calls", [])]  # fmt: skip
+                calls = message.get("tool_calls", [])
+                write_dimmed(
+                    out, [f"<tool_call> {c['function']['name']}({c['function']['arguments']})" for c in calls]
+                )
             else:
-                lines = [f"[{message['name']}] " + message["content"].replace("\n", "\n    ")]
-            for line in lines:
-                out.write(f"{DIM}{line}{RESET}\n" if use_color(out) else f"{line}\n")
-            out.flush()
+                write_dimmed(out, [tool_result_line(message)])
 
         conversation = [*self.messages, {"role": "user", "content": user_message}]
         reply, self.messages = self.remote.reply(conversation, out, show)

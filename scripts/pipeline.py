@@ -22,13 +22,12 @@ import json
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from chatforge.configs import exit_on_user_error
 from chatforge.pipeline import Pipeline, StageRun
 from chatforge.report import write_report
-from chatforge.serving import free_port, wait_until_serving
+from chatforge.serving import free_port, running_server
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -81,24 +80,16 @@ def served_turn(model: Path, question: str = "What's the product of 245 and 318?
     calculator and Python tools, which run in chat.py; then stop the server."""
     port = free_port()
     print(f"\n=== the assistant served at http://localhost:{port}/v1, with tools: {question}", flush=True)
-    with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "serve.py"), "--model_name_or_path", str(model), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        try:
-            wait_until_serving(port, server)
+    serve = [sys.executable, str(SCRIPTS / "serve.py"), "--model_name_or_path", str(model), "--port", str(port)]
+    try:
+        with running_server(serve, port):
             subprocess.run([
                 sys.executable, str(SCRIPTS / "chat.py"), "--base_url", f"http://localhost:{port}/v1",
                 "--model_name_or_path", str(model), "--tools", "calculator,python", "--prompt", question,
                 "--temperature", "0",
             ], check=False)  # fmt: skip
-        except RuntimeError as error:
-            log.seek(0)
-            print(f"(not served: {error})\n{log.read()[-2000:]}")
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    except RuntimeError as error:
+        print(f"(not served: {error})")
 
 
 def print_stage(run: StageRun) -> None:

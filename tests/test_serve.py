@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from transformers import AutoTokenizer
 from chatforge.generation import HFGenerator, chat_stop_token_ids
 from chatforge.grpo import completion_parsing
 from chatforge.remote_chat import RemoteChat, call_from_message
-from chatforge.serving import free_port, wait_until_serving
+from chatforge.serving import free_port, running_server
 from chatforge.tokenizer import load_chat_template, load_response_template, save_tokenizer
 from chatforge.tool_loop import run_tool_loop
 from chatforge.tools import ToolCall, run_tool_call
@@ -123,25 +122,13 @@ def served(tool_model: ToolModel, tmp_path_factory: pytest.TempPathFactory) -> I
     template = load_chat_template(REPO / "chat_templates" / "chatml.jinja")
     save_tokenizer(tm.tokenizer, folder, template, load_response_template(RESPONSE_TEMPLATE))
     port = free_port()
-    log = folder / "server.log"
-    with log.open("w") as sink:
-        server = subprocess.Popen(
-            [sys.executable, FORKED, str(REPO / "scripts" / "serve.py"), "--model_name_or_path", str(folder),
-             "--port", str(port), "--device", "cpu"],
-            cwd=REPO, env={**os.environ, **RUN_ENV}, stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    command = [sys.executable, FORKED, str(REPO / "scripts" / "serve.py"), "--model_name_or_path", str(folder),
+               "--port", str(port), "--device", "cpu"]  # fmt: skip
     try:
-        try:
-            wait_until_serving(port, server)
-        except RuntimeError as error:
-            pytest.fail(f"{error}:\n{log.read_text()[-3000:]}")
-        yield f"http://localhost:{port}/v1", str(folder)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        with running_server(command, port, cwd=REPO, env={**os.environ, **RUN_ENV}):
+            yield f"http://localhost:{port}/v1", str(folder)
+    except RuntimeError as error:
+        pytest.fail(str(error))
 
 
 def test_the_server_lists_its_model(served: tuple[str, str]) -> None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,25 @@ def wait_until_serving(port: int, process: subprocess.Popen, timeout: float = 18
         if time.monotonic() > deadline:
             raise RuntimeError(f"the server did not answer on port {port} within {timeout:.0f} s")
         time.sleep(0.5)
+
+
+@contextmanager
+def running_server(command: list[str], port: int, timeout: float = 180, **popen: Any) -> Iterator[subprocess.Popen]:
+    """Start `command` (a server that will listen on `port`, e.g. scripts/serve.py), wait until it answers, and stop
+    it on leaving. If it exits or is not up within `timeout` s, RuntimeError carries the end of its output."""
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, **popen)
+        try:
+            try:
+                wait_until_serving(port, process, timeout)
+            except RuntimeError as error:
+                log.seek(0)
+                raise RuntimeError(f"{error}:\n{log.read()[-3000:]}") from None
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
