@@ -1,9 +1,10 @@
 """The whole run as one command: every stage in order, skipping those whose outputs are up to date.
 
 A stage runs when its recipe file exists in the recipes folder. It is up to date when its output folder holds a
-stamp (`.chatforge_stage.json`) whose fingerprint matches the current one: a hash of the recipe file, the
-stage's command-line arguments, the fingerprints of the stages it reads from, and the chatforge version. So a
-changed recipe reruns its stage and everything downstream, and nothing else.
+stamp (`.chatforge_stage.json`) whose fingerprint matches the current one: a hash of the recipe's settings (its
+parsed YAML, so comments and layout do not count), the stage's command-line arguments, the fingerprints of the
+stages it reads from, and the chatforge version. So a changed setting reruns its stage and everything downstream,
+and nothing else.
 
 When a stage was interrupted (a stamp marked `started` with the same fingerprint), the rerun resumes from the
 last checkpoint. When the fingerprint changed, the old output folder is moved aside to `<output>.previous`
@@ -99,6 +100,11 @@ def read_recipe(path: Path) -> dict:
     return data
 
 
+def recipe_settings(recipe: dict) -> str:
+    """A recipe's settings as canonical JSON: what its fingerprint hashes and where output folders are looked for."""
+    return json.dumps(recipe, sort_keys=True, default=str)
+
+
 def read_stamp(output: Path) -> dict | None:
     path = output / STAMP
     try:
@@ -170,7 +176,7 @@ class Pipeline:
         names (so `dataset_name: data/web/corpus` in pretrain.yaml makes pretraining depend on the web stage)."""
         if stage.evaluates:  # evaluation stages get their model on the command line, not from the recipe
             return stage.after
-        text = (self.recipes_dir / stage.recipe).read_text()
+        text = recipe_settings(self.recipes[stage.name])  # values only: a folder named in a comment is no input
         named = []
         for other in present[: present.index(stage)]:
             output = self.recipes[other.name].get("output_dir") if not other.evaluates else None
@@ -190,7 +196,7 @@ class Pipeline:
 
     def _fingerprint(self, stage: Stage) -> str:
         digest = hashlib.sha256()
-        digest.update((self.recipes_dir / stage.recipe).read_bytes())
+        digest.update(recipe_settings(self.recipes[stage.name]).encode())
         digest.update(json.dumps(self.extra_args.get(stage.name, [])).encode())
         digest.update(_chatforge_version().encode())
         if stage.evaluates:
