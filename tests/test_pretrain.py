@@ -123,6 +123,19 @@ def test_generate_script_samples_from_the_base_model(default_pretrain: Path, wor
     assert all("Human:" not in s.split("Assistant:")[-1] for s in samples)
 
 
+def test_sampling_settings_no_backend_can_honour_fail_in_one_line(tmp_path: Path) -> None:
+    # checked while the command line is parsed, before the model loads (this one does not exist)
+    for args, expected in [
+        (["--num_samples", "2", "--temperature", "0"], "num_samples 2 needs temperature > 0"),
+        (["--top_p", "0"], "top_p must be in (0, 1], got 0.0"),
+        (["--max_new_tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--temperature", "-0.5"], "temperature must be >= 0"),
+        (["--top_k", "-1"], "top_k must be >= 0"),
+    ]:
+        result = run_script_here("generate.py", "--model_name_or_path", str(tmp_path / "none"), "--prompt", "x", *args)
+        assert expected in one_line_error(result), args
+
+
 # ---------------------------------------------------------------------------------------------- save, resume
 
 

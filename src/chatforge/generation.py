@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from chatforge.configs import RecipeError
+
 
 @dataclass
 class SamplingArguments:
@@ -20,6 +22,22 @@ class SamplingArguments:
     num_samples: int = field(default=1, metadata={"help": "Independent samples per prompt."})
     stop: list[str] | None = field(default=None, metadata={"help": "Strings that end a sample (not included)."})
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
+
+    def __post_init__(self) -> None:
+        """Settings no backend can honour fail here, in one line naming the field, not inside `generate`."""
+        for ok, problem in (
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0 (0: greedy), got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0: no limit), got {self.top_k}"),
+            (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
+            (
+                self.num_samples == 1 or self.temperature > 0,
+                f"num_samples {self.num_samples} needs temperature > 0 (greedy decoding gives one answer)",
+            ),
+        ):
+            if not ok:
+                raise RecipeError(problem)
 
     def generation_config(
         self, tokenizer: PreTrainedTokenizerBase, stop_token_ids: list[int] | None = None
