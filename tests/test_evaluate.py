@@ -191,6 +191,17 @@ def test_task_recipe_errors(tmp_path: Path) -> None:
         parse_tasks({"m": {"type": "math", "source": str(tmp_path), "num_samples": 2, "k_values": [4]}})
     with pytest.raises(RecipeError, match="task m: num_samples > 1 needs temperature > 0"):
         parse_tasks({"m": {"type": "math", "source": str(tmp_path), "num_samples": 2, "temperature": 0}})
+    # `only`: the other tasks' files need not exist (`--only world_bpb` before the rest of the data is written),
+    # but their types and option names are still checked
+    bpb = {"type": "bits_per_byte", "dataset": str(tmp_path)}
+    tasks = {"chat": {"type": "chat_qa", "file": str(tmp_path / "nope.jsonl")}, "bpb": bpb}
+    assert list(parse_tasks(tasks, ["bpb"])) == ["bpb"]
+    with pytest.raises(RecipeError, match="task chat: file .*nope.jsonl not found"):
+        parse_tasks(tasks, ["bpb", "chat"])
+    with pytest.raises(RecipeError, match=r"task chat \(chat_qa\): unknown option 'fiel'"):
+        parse_tasks({"chat": {"type": "chat_qa", "fiel": "x"}, "bpb": bpb}, ["bpb"])
+    with pytest.raises(RecipeError, match="only: no task named 'bp'; the recipe has chat, bpb"):
+        parse_tasks(tasks, ["bp"])
 
 
 def test_evaluate_script_bad_input_before_loading(tmp_path: Path) -> None:

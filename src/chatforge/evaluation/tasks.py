@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,8 +389,10 @@ def register_task(name: str, task: Task) -> None:
     TASKS[name] = task
 
 
-def parse_tasks(tasks: dict[str, Any]) -> dict[str, TaskSpec]:
-    """Validate a recipe's `tasks` mapping (name -> options with a `type`) into checked specs."""
+def parse_tasks(tasks: dict[str, Any], only: Sequence[str] | None = None) -> dict[str, TaskSpec]:
+    """Validate a recipe's `tasks` mapping (name -> options with a `type`) into specs. Every task's type and option
+    names are checked; option values and the files they name only for the tasks in `only` (all when None), so
+    running one task does not need the files of the others."""
     if not isinstance(tasks, dict) or not tasks:
         raise RecipeError("tasks must be a non-empty mapping of task name -> {type: ..., options}")
     specs = {}
@@ -405,9 +407,14 @@ def parse_tasks(tasks: dict[str, Any]) -> dict[str, TaskSpec]:
             if key not in known:
                 raise RecipeError(f"task {name} ({kind}): unknown option {key!r}; valid options: {', '.join(known)}")
         options["type"] = kind
-        spec = spec_type(**options)
+        specs[name] = spec_type(**options)
+    if only is not None:
+        unknown = [n for n in only if n not in specs]
+        if unknown:
+            raise RecipeError(f"only: no task named {unknown[0]!r}; the recipe has {', '.join(specs)}")
+        specs = {n: specs[n] for n in only}
+    for name, spec in specs.items():
         spec.check(name)
-        specs[name] = spec
     return specs
 
 
