@@ -3,12 +3,14 @@
 Usage:
     python scripts/evaluate.py recipes/eval.yaml --model_name_or_path outputs/sft
     python scripts/evaluate.py recipes/eval.yaml --model_name_or_path outputs/pretrain --only world_bpb,world_facts
+    python scripts/evaluate.py recipes/eval.yaml --model_name_or_path outputs/sft --limit 20     # a quick look
     python scripts/evaluate.py recipes/eval.yaml --tasks '{"mc": {"type": "multiple_choice", "format": "mmlu",
         "source": "cais/mmlu", "split": "test", "limit": 500}}'
 
 Task types: bits_per_byte, multiple_choice (hellaswag, mmlu, arc, world_facts formats), fact_completion,
 chat_qa, hallucination, math, tools (see chatforge.evaluation.tasks). Results go to <output_dir>/eval_results.json
-and a one-line summary per task is printed.
+(a run of some tasks replaces theirs and keeps the other tasks' results of the same model) and a one-line summary
+per task of this run is printed.
 """
 
 from __future__ import annotations

@@ -228,6 +228,35 @@ def test_evaluate_script_bad_input_before_loading(tmp_path: Path) -> None:
     assert "vLLM is not installed (or does not import); `pip install -e .[vllm]`" in line[0]
 
 
+def test_a_quick_look_at_some_tasks_keeps_the_other_results(tiny_chat_model: Path, world_dir: Path, tmp_path: Path):
+    """`--only` and `--limit` into a folder holding a full run's results: the tasks run are replaced, the others
+    kept (the report card of a finished pipeline stays whole); the summary printed is of this run."""
+    tasks = {name: spec for name, spec in _eval_tasks(world_dir).items() if name in ("world_bpb", "world_facts_mc")}
+    tasks["world_bpb"]["limit"], tasks["world_facts_mc"]["limit"] = 8, 12
+    common = [
+        "--model_name_or_path",
+        str(tiny_chat_model),
+        "--tasks",
+        json.dumps(tasks),
+        "--output_dir",
+        str(tmp_path),
+    ]
+    full = run_script_here("evaluate.py", str(REPO / "recipes" / "eval.yaml"), *common, "--progress", "false")
+    assert full.returncode == 0, full.stderr[-3000:]
+    first = json.loads((tmp_path / "eval_results.json").read_text())["tasks"]
+    assert first["world_facts_mc"]["num_items"] == 12
+    quick = run_script_here(
+        "evaluate.py", str(REPO / "recipes" / "eval.yaml"), *common, "--only", "world_facts_mc", "--limit", "5"
+    )
+    assert quick.returncode == 0, quick.stderr[-3000:]
+    assert "world_facts_mc (" in quick.stdout and "world_bpb (" not in quick.stdout
+    merged = json.loads((tmp_path / "eval_results.json").read_text())["tasks"]
+    assert list(merged) == ["world_bpb", "world_facts_mc"] and merged["world_bpb"] == first["world_bpb"]
+    assert merged["world_facts_mc"]["num_items"] == 5  # --limit caps the task's own limit
+    bad = run_script_here("evaluate.py", str(REPO / "recipes" / "eval.yaml"), *common, "--limit", "0")
+    assert "limit must be a positive integer or null, got 0" in one_line_error(bad)
+
+
 def _eval_tasks(world_dir: Path) -> dict:
     """recipes/eval.yaml's tasks, pointed at the test world."""
     import yaml

@@ -14,6 +14,7 @@ import torch
 from conftest import REPO, TINY_ARCH, one_line_error, rank_checksums, run_script, run_script_here, tiny_arch_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from chatforge.generation import SamplingArguments, sample
 from chatforge.modeling import ArchitectureArguments
 from chatforge.pretrain import PretrainConfig, PretrainScriptArguments, train
 
@@ -134,6 +135,21 @@ def test_sampling_settings_no_backend_can_honour_fail_in_one_line(tmp_path: Path
     ]:
         result = run_script_here("generate.py", "--model_name_or_path", str(tmp_path / "none"), "--prompt", "x", *args)
         assert expected in one_line_error(result), args
+
+
+def test_sampling_settings_override_the_models_generation_config(tiny_chat_model: Path) -> None:
+    # `generate` fills unset fields from the model's generation_config: a Hub model's top_k must not narrow
+    # sampling that asked for none (top_k 0), and greedy decoding stays greedy whatever the model samples with
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model)
+    model.generation_config.update(do_sample=True, temperature=0.8, top_k=1)
+    unlimited = SamplingArguments(temperature=1.0, top_k=0, num_samples=6, max_new_tokens=6, seed=1)
+    (samples,) = sample(model, tokenizer, ["The capital of"], unlimited)
+    assert len(set(samples)) > 1  # top_k 1 would give six copies of one sample
+    ids = tokenizer("The capital of", return_tensors="pt").input_ids
+    argmax = model.generate(ids, do_sample=False, max_new_tokens=6, top_k=None, temperature=1.0, top_p=1.0)
+    greedy = sample(model, tokenizer, ["The capital of"], SamplingArguments(temperature=0, max_new_tokens=6))
+    assert greedy == [[tokenizer.decode(argmax[0, ids.shape[1] :], skip_special_tokens=True)]]
 
 
 # ---------------------------------------------------------------------------------------------- save, resume

@@ -61,6 +61,7 @@ class ProbeConfig:
     num_samples: int = field(default=4, metadata={"help": "Replies sampled per question."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (> 0: the point is variety)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    top_k: int = field(default=50, metadata={"help": "Sample among the k likeliest tokens only (0: all of them)."})
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens per reply (a short sentence is enough)."})
     max_correct_for_idk: int = field(
         default=0,
@@ -93,6 +94,7 @@ class ProbeConfig:
             (self.num_samples >= 1, "num_samples must be >= 1", self.num_samples),
             (self.temperature > 0, "temperature must be > 0 (the probe samples)", self.temperature),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]", self.top_p),
+            (self.top_k >= 0, "top_k must be >= 0 (0: no limit)", self.top_k),
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1", self.max_new_tokens),
             (
                 0 <= self.max_correct_for_idk < self.num_samples,
@@ -197,7 +199,7 @@ def sample_replies(
     starts = range(0, len(prompts), config.batch_size)
     for batch, start in enumerate(tqdm(starts, desc="probe", unit="batch", disable=not config.progress)):
         settings = SamplingArguments(
-            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, top_k=0,
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
             num_samples=config.num_samples, seed=config.seed + batch,
         )  # fmt: skip
         out = generator(prompts[start : start + config.batch_size], settings, stop_token_ids=stop_ids)

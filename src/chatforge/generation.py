@@ -43,12 +43,15 @@ class SamplingArguments:
         self, tokenizer: PreTrainedTokenizerBase, stop_token_ids: list[int] | None = None
     ) -> GenerationConfig:
         greedy = self.temperature <= 0
+        # Every sampling field is set: `generate` fills a None from the model's generation_config (ours sample at
+        # 0.8; a Hub model's may set top_k), so greedy decoding warned of a temperature it ignores, and top_k 0 ("no
+        # limit") became the model's top_k. 1.0 and 0 are the values that switch each warper off.
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=not greedy,
-            temperature=None if greedy else self.temperature,
-            top_p=None if greedy else self.top_p,
-            top_k=None if greedy else (self.top_k or None),
+            temperature=1.0 if greedy else self.temperature,
+            top_p=1.0 if greedy else self.top_p,
+            top_k=None if greedy else self.top_k,
             num_return_sequences=self.num_samples,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=stop_token_ids or tokenizer.eos_token_id,

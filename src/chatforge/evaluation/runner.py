@@ -28,6 +28,12 @@ class EvalScriptArguments:
         default=None, metadata={"help": "Mapping task name -> {type, options} (JSON on the command line)."}
     )
     only: str | None = field(default=None, metadata={"help": "Comma-separated task names: run just these."})
+    limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "At most this many items per task (a seeded sample; caps each task's own limit): a quick look."
+        },
+    )
     output_dir: str | None = field(
         default=None, metadata={"help": "Where eval_results.json goes (default: outputs/eval/<model folder name>)."}
     )
@@ -46,6 +52,8 @@ class EvalScriptArguments:
                 self.tasks = json.loads(self.tasks)
             except json.JSONDecodeError as err:
                 raise RecipeError(f"tasks is not valid JSON: {err}") from None
+        if self.limit is not None and self.limit < 1:
+            raise RecipeError(f"limit must be a positive integer or null, got {self.limit}")
         if self.backend not in BACKENDS:
             raise RecipeError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "vllm":
@@ -58,7 +66,13 @@ class EvalScriptArguments:
         if not self.tasks:
             raise RecipeError("no tasks: give a recipe with a `tasks:` mapping (see recipes/eval.yaml)")
         only = [n.strip() for n in self.only.split(",") if n.strip()] if self.only else None
-        return parse_tasks(self.tasks, only)
+        specs = parse_tasks(self.tasks, only)
+        if self.limit is not None:
+            for spec in specs.values():
+                spec.limit = min(spec.limit or self.limit, self.limit)
+                if hasattr(spec, "known_limit"):  # the hallucination task's second question set
+                    spec.known_limit = min(spec.known_limit or self.limit, self.limit)
+        return specs
 
     def results_dir(self) -> Path:
         if self.output_dir:
@@ -76,8 +90,25 @@ def make_generator(backend: str, model, tokenizer, model_name_or_path: str, batc
     return HFGenerator(model, tokenizer, batch_size)
 
 
+def earlier_results(path: Path, model: str) -> dict:
+    """The results an earlier run wrote to `path` for the same model (empty otherwise): a run of some tasks
+    (`--only`) updates those and keeps the others', so the report card of a finished pipeline stays whole."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(earlier, dict) or earlier.get("model") != model or not isinstance(earlier.get("tasks"), dict):
+        if path.exists():
+            logger.warning("%s holds results of another model or run; replacing them", path)
+        return {}
+    return earlier
+
+
 def evaluate_model(args: EvalScriptArguments) -> dict:
-    """Load the model, run each task, write eval_results.json (after every task, so a crash keeps the rest)."""
+    """Load the model, run each task, write eval_results.json (after every task, so a crash keeps the rest).
+
+    Returns this run's results; the file also keeps the results of tasks an earlier run of the same model scored
+    and this one did not run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     specs = args.selected_tasks()  # all recipe problems surface before the model loads
@@ -91,6 +122,11 @@ def evaluate_model(args: EvalScriptArguments) -> dict:
     ctx = EvalContext(model, tokenizer, generator, args.batch_size, args.seed, args.progress)
     out = args.results_dir()
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "eval_results.json"
+    saved = earlier_results(path, args.model_name_or_path)
+    kept = [name for name in saved.get("tasks", {}) if name not in specs]
+    if kept:
+        logger.info("%s: keeping the earlier results of %s", path, ", ".join(kept))
     results: dict = {
         "model": args.model_name_or_path,
         "backend": getattr(generator, "name", "hf"),
@@ -102,5 +138,9 @@ def evaluate_model(args: EvalScriptArguments) -> dict:
         logger.info("task %s (%s)", name, spec.type)
         results["tasks"][name] = run_task(name, spec, ctx)
         results["seconds"][name] = round(time.perf_counter() - start, 2)
-        (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        merged = {**results, "tasks": {**saved.get("tasks", {}), **results["tasks"]}}
+        merged["seconds"] = {**saved.get("seconds", {}), **results["seconds"]}
+        tmp = path.with_suffix(".json.tmp")  # written whole, then renamed: a crash never leaves half a file
+        tmp.write_text(json.dumps(merged, indent=2) + "\n")
+        tmp.replace(path)
     return results
