@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator  # noqa: E402
 
 
 def plot_loss_curves(log_history: list[dict], path: str | Path, title: str = "loss") -> Path | None:
@@ -27,6 +27,9 @@ def plot_loss_curves(log_history: list[dict], path: str | Path, title: str = "lo
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    if high / low > 10:  # over a decade, a label at every minor tick (0.6, 0.7, 0.8, 0.9) piles up below each 1
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
     ax.set_title(title)
