@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, LogLocator  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator  # noqa: E402
 
 
 def plot_loss_curves(log_history: list[dict], path: str | Path, title: str = "loss") -> Path | None:
@@ -25,6 +25,7 @@ def plot_loss_curves(log_history: list[dict], path: str | Path, title: str = "lo
         label = "eval loss" + (f" (last: {bpb[-1]:.3f} bits/byte)" if bpb else "")
         ax.plot(*zip(*evals), "o-", label=label)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (nats/token)")
     ax.set_yscale("log")
     low, high = ax.get_ylim()
@@ -52,6 +53,7 @@ def plot_curves(log_history: list[dict], series: dict[str, str], path: str | Pat
     for ax, (key, label, points) in zip(axes[0], panels):
         ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 1.5 on a short run
         ax.set_ylabel(label)
         ax.set_title(f"{title}: {key}" if title else key, fontsize=10)
         ax.grid(alpha=0.3)
