@@ -157,6 +157,8 @@ def test_replay_mixes_documents_with_loss_on_every_token(tiny_base: Path, world_
     assert "<|im_start|>assistant" in tokenizer.decode(chats[0]["input_ids"])  # chats keep their template
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 4 and all(loss == loss and loss < 20 for loss in losses)
+    card = (tmp_path / "README.md").read_text()  # says what the loss covered, not TRL's flag that replay turns off
+    assert "| assistant-only loss | True |" in card and "| replay | 25% of the rows are blocks of" in card
 
 
 def test_bad_replay_settings_fail_before_training(tiny_base: Path, world_dir: Path, tmp_path: Path) -> None:

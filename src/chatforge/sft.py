@@ -151,6 +151,7 @@ def train(
     datasets = load_sft_datasets(script_args)
     num_conversations = len(datasets["train"])
     replayed = 0
+    assistant_only = training_args.assistant_only_loss  # for the card: replay turns TRL's flag off below
     if script_args.replay_dataset:
         masks = training_args.assistant_only_loss
         datasets["train"], replayed = mix_in_replay(
@@ -203,7 +204,7 @@ def train(
 
     save_weights(trainer)  # on every rank: sharded (FSDP, ZeRO-3) weights are gathered from all
     if trainer.is_world_process_zero():
-        save_sft_model(trainer, tokenizer, metrics, script_args, model_args)
+        save_sft_model(trainer, tokenizer, metrics, script_args, model_args, assistant_only)
         if model_args.use_peft and script_args.merge_adapter:
             merge_adapter(training_args.output_dir, Path(training_args.output_dir) / "merged")
     trainer.accelerator.wait_for_everyone()
@@ -217,8 +218,12 @@ def save_sft_model(
     metrics: dict,
     script_args: SFTScriptArguments,
     model_args: ModelConfig,
+    assistant_only_loss: bool,
 ) -> None:
-    """Write the model (or adapter), tokenizer, chat generation settings, metrics, loss plot and card."""
+    """Write the model (or adapter), tokenizer, chat generation settings, metrics, loss plot and card.
+
+    `assistant_only_loss` is what the recipe asked for: with replay, chatforge builds the loss masks itself and
+    TRL's own flag is off."""
     generation_config = trainer.model.generation_config
     generation_config.eos_token_id = chat_stop_token_ids(tokenizer)
     generation_config.pad_token_id = tokenizer.pad_token_id
@@ -233,7 +238,13 @@ def save_sft_model(
         details={
             "base model": model_args.model_name_or_path,
             "LoRA": model_args.use_peft,
-            "assistant-only loss": trainer.args.assistant_only_loss,
+            "assistant-only loss": assistant_only_loss,
+            "replay": (
+                f"{script_args.replay_fraction:.0%} of the rows are blocks of {script_args.replay_dataset} "
+                "(loss on every token)"
+                if script_args.replay_dataset
+                else "none"
+            ),
             "max length": trainer.args.max_length,
         },
         chat_question="Who are you?",
