@@ -111,7 +111,7 @@ def test_push_folder_uploads_the_stage_folder(fake_hub: FakeHub, tmp_path: Path)
     front_matter = card.split("---\n")[1]
     assert "library_name: transformers" in front_matter
     assert "pipeline_tag: text-generation" in front_matter
-    assert "| eval_loss | 1.5 |" in card
+    assert "| eval_loss | 1.5 |" in card and "A base model pretrained from scratch, made with chatforge" in card
     # upload_folder has the server check the card's metadata before uploading (create_commit checks it again).
     assert fake_hub.validated_yaml and set(fake_hub.validated_yaml) == {card}
 

@@ -42,6 +42,17 @@ print(model(**inputs).logits[0, 0].item())  # the reward: higher is preferred
 ```"""
 
 
+# What each stage's folder holds, for the card's first line (the tag stays the stage's short name).
+KINDS = {
+    "pretraining": "A base model pretrained from scratch",
+    "sft": "A chat model fine-tuned on conversations (SFT)",
+    "grpo": "A chat model trained with GRPO on verifiable problems",
+    "dpo": "A chat model trained with DPO on preference pairs",
+    "rlhf": "A chat model trained against a reward model (RLHF)",
+    "reward": "A reward model trained on preference pairs",
+}
+
+
 def write_model_card(
     folder: str | Path,
     stage: str,
@@ -78,7 +89,7 @@ def write_model_card(
 
 # {folder.name}
 
-A {stage} checkpoint made with chatforge {chatforge.__version__}.
+{KINDS.get(stage, f"A {stage} model")}, made with chatforge {chatforge.__version__}.
 It is a standard `transformers` model: no remote code.
 
 ## Model
