@@ -43,9 +43,9 @@ class SamplingArguments:
         self, tokenizer: PreTrainedTokenizerBase, stop_token_ids: list[int] | None = None
     ) -> GenerationConfig:
         greedy = self.temperature <= 0
-        # Every sampling field is set: `generate` fills a None from the model's generation_config (ours sample at
-        # 0.8; a Hub model's may set top_k), so greedy decoding warned of a temperature it ignores, and top_k 0 ("no
-        # limit") became the model's top_k. 1.0 and 0 are the values that switch each warper off.
+        # Sampling fields are set, not None: `generate` fills a None from the model's generation_config (ours
+        # sample at 0.8) or its own defaults (top_k 50), so greedy decoding warned of a temperature it ignores,
+        # and top_k 0 ("no limit", as in vLLM) became 50. Temperature and top_p 1.0 and top_k 0 change nothing.
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=not greedy,
