@@ -300,7 +300,7 @@ def train(
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
 
     checksum = parameter_checksum(trainer.model)
-    logger.warning("rank %d parameter sha256: %s", training_args.process_index, checksum)
+    logger.info("rank %d parameter sha256: %s", training_args.process_index, checksum)
     metrics = {
         "train_loss": train_result.training_loss,
         "global_step": trainer.state.global_step,
