@@ -136,6 +136,17 @@ def test_a_mistyped_key_fails_the_parse(tmp_path: Path) -> None:
         parse(recipe)
 
 
+def test_a_mistyped_option_on_the_command_line_is_named() -> None:
+    recipe = RECIPES / "sft.yaml"
+    types = script_dataclasses(SCRIPT_OF[recipe.name])
+    with pytest.raises(
+        RecipeError, match=r"^command line: unknown option --learning-rte \(did you mean --learning_rate"
+    ):
+        parse_recipe(types, [str(recipe), "--learning-rte", "1e-4"])
+    with pytest.raises(RecipeError, match=r"^command line: unexpected argument 'stray'"):
+        parse_recipe(types, [str(recipe), "stray"])
+
+
 @pytest.mark.parametrize("scale", SCALES)
 def test_stages_fit_together(scale: str) -> None:
     (tokenizer,) = stages(scale)["tokenizer"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -81,7 +82,22 @@ def parse_recipe(dataclass_types: Sequence[type], args: Iterable[str] | None = N
         return tuple(parser.parse_args_and_config(args))
     except ValueError as err:
         message = str(err).splitlines()[0] if str(err) else repr(err)
+        unused = re.search(r"not used by the HfArgumentParser: \[(.*)\]", message)
+        if unused:  # the recipe's keys were checked above: what is left over came from the command line
+            raise RecipeError(_unknown_option(unused.group(1), dataclass_types)) from None
         raise RecipeError(f"{recipe or 'command line'}: {message}") from None
+
+
+def _unknown_option(leftovers: str, dataclass_types: Sequence[type]) -> str:
+    """One line for command-line arguments no dataclass field takes, with the closest field name."""
+    first = leftovers.split(",")[0].strip().strip("'\"")
+    if not first.startswith("--"):
+        return f"command line: unexpected argument {first!r} (options are --name value)"
+    name = first[2:].split("=", 1)[0]
+    close = difflib.get_close_matches(name.replace("-", "_"), sorted(_field_names(dataclass_types)), n=1)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    owners = ", ".join(t.__name__ for t in dataclass_types)
+    return f"command line: unknown option --{name}{hint}; the options are the fields of {owners}"
 
 
 def none_if_null(args: Any, *names: str) -> None:
