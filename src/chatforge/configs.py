@@ -47,9 +47,8 @@ def load_recipe_file(path: str | Path, dataclass_types: Sequence[type]) -> dict[
     known = _field_names(dataclass_types) | {"env"}
     for key in config:
         if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            owners = ", ".join(t.__name__ for t in dataclass_types)
+            close, owners = _closest_field(str(key), known, dataclass_types)
+            hint = f" (did you mean '{close}'?)" if close else ""
             raise RecipeError(f"{path}: unknown key '{key}'{hint}; valid keys are the fields of {owners}")
     return config
 
@@ -88,15 +87,20 @@ def parse_recipe(dataclass_types: Sequence[type], args: Iterable[str] | None = N
         raise RecipeError(f"{recipe or 'command line'}: {message}") from None
 
 
+def _closest_field(name: str, known: set[str], dataclass_types: Sequence[type]) -> tuple[str | None, str]:
+    """The known name closest to a mistyped one (None if none is close), and the classes whose fields they are."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return (close[0] if close else None), ", ".join(t.__name__ for t in dataclass_types)
+
+
 def _unknown_option(leftovers: str, dataclass_types: Sequence[type]) -> str:
     """One line for command-line arguments no dataclass field takes, with the closest field name."""
     first = leftovers.split(",")[0].strip().strip("'\"")
     if not first.startswith("--"):
         return f"command line: unexpected argument {first!r} (options are --name value)"
     name = first[2:].split("=", 1)[0]
-    close = difflib.get_close_matches(name.replace("-", "_"), sorted(_field_names(dataclass_types)), n=1)
-    hint = f" (did you mean --{close[0]}?)" if close else ""
-    owners = ", ".join(t.__name__ for t in dataclass_types)
+    close, owners = _closest_field(name.replace("-", "_"), _field_names(dataclass_types), dataclass_types)
+    hint = f" (did you mean --{close}?)" if close else ""
     return f"command line: unknown option --{name}{hint}; the options are the fields of {owners}"
 
 
